@@ -1,0 +1,191 @@
+"""The loss contract, written once, and the loss registry.
+
+Every loss is an ``nn.Module`` built by ``build_loss(name, num_classes=C, feature_dim=d, **hparams)``::
+
+    out = loss(features, labels)   # features (B, d) float, labels (B,) long -> LossOutput
+    out.total                      # scalar tensor to backpropagate
+    out.terms                      # dict[str, Tensor] of named scalar parts, logged as train/<term>
+    loss.logits(features)          # (B, C) class scores without any margin; argmax = prediction
+
+Rules every loss follows:
+
+- Hyperparameters are keyword-only constructor arguments with the paper defaults. Invalid values
+  raise ``ValueError`` naming the loss, the argument and the allowed range (`check_range`).
+- Tensor names are fixed: ``weight`` (C, d) Parameter for a learnable classifier, ``centers``
+  (C, d) Parameter, ``w_k`` (C,) Parameter, ``centroids`` (C, d) buffer, ``anchors`` (C, d) buffer.
+  No bias anywhere.
+- Fixed targets are buffers; the library never calls ``.cuda()``: devices follow ``.to()``.
+- ``forward`` is a pure function of (features, labels, module state). State that changes during
+  training (the L-Softmax lambda schedule, a warm-up epoch counter) lives in buffers, so it is
+  checkpointed by ``state_dict()``, and is advanced only by the trainer through `on_step` (after
+  each optimizer step) and `on_epoch_start`.
+- `class_vectors` returns the per-class direction the loss pulls features toward (weight rows,
+  centroids or anchors), used by the feature-angle metric; None when the loss has none.
+- `epoch_metrics` returns loss state worth logging once per epoch (e.g. ``loss/lambda``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class LossOutput:
+    total: Tensor  # scalar to backpropagate
+    terms: dict[str, Tensor] = field(default_factory=dict)  # named scalar parts, for logging
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter as the catalogue shows it."""
+
+    name: str
+    default: Any
+    allowed: str  # human-readable allowed range, e.g. ">= 0" or "integer >= 1"
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    key: str
+    cls: type
+    paper: str
+    equations: str
+    logits_meaning: str
+    hparams: tuple[HParam, ...]
+
+
+class FeatureLoss(nn.Module):
+    """Base class of every featloss loss; see the module docstring for the contract."""
+
+    key: str = ""  # set by @register_loss
+    # name -> human-readable allowed range; the catalogue and error messages use it
+    allowed: dict[str, str] = {}
+
+    def __init__(self, num_classes: int, feature_dim: int) -> None:
+        super().__init__()
+        check_range(self, "num_classes", num_classes, num_classes >= 2, "an integer >= 2")
+        check_range(self, "feature_dim", feature_dim, feature_dim >= 1, "an integer >= 1")
+        self.num_classes = int(num_classes)
+        self.feature_dim = int(feature_dim)
+
+    def forward(self, features: Tensor, labels: Tensor) -> LossOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def logits(self, features: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def class_vectors(self) -> Tensor | None:
+        return None
+
+    @classmethod
+    def min_samples_per_class(cls, **hparams: Any) -> int:
+        """Samples of every present class a training batch must hold (0: no constraint).
+
+        The trainer and the study validator use it to reject samplers that cannot guarantee it.
+        """
+        return 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (0-based)."""
+
+    def on_step(self) -> None:
+        """Called by the trainer after each optimizer step."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, feature_dim={self.feature_dim}"
+
+
+def check_range(loss: FeatureLoss | str, arg: str, value: Any, ok: bool, allowed: str) -> None:
+    """Raise the contract's ValueError: loss name, argument, allowed range."""
+    if not ok:
+        name = loss if isinstance(loss, str) else (type(loss).key or type(loss).__name__)
+        raise ValueError(f"loss '{name}': {arg}={value!r} is invalid; allowed: {allowed}")
+
+
+def check_integer(loss: FeatureLoss, arg: str, value: Any, minimum: int) -> int:
+    """An integer >= minimum; floats are rejected, never truncated."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    check_range(loss, arg, value, ok, f"an integer >= {minimum}")
+    return int(value)
+
+
+def check_positive(loss: FeatureLoss, arg: str, value: Any, allow_zero: bool = False) -> float:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = number and (value >= 0 if allow_zero else value > 0) and value == value
+    check_range(loss, arg, value, ok and abs(value) != float("inf"),
+                "a finite number >= 0" if allow_zero else "a finite number > 0")
+    return float(value)
+
+
+def check_choice(loss: FeatureLoss, arg: str, value: Any, choices: tuple[str, ...]) -> str:
+    check_range(loss, arg, value, value in choices, "one of " + ", ".join(choices))
+    return value
+
+
+_REGISTRY: dict[str, LossInfo] = {}
+
+
+def register_loss(key: str, *, paper: str, equations: str, logits: str) -> Callable[[type], type]:
+    """Class decorator adding a loss to the registry under `key` (its module name)."""
+
+    def wrap(cls: type) -> type:
+        if key in _REGISTRY:
+            raise KeyError(f"loss '{key}' is registered twice")
+        if not issubclass(cls, FeatureLoss):
+            raise TypeError(f"{cls.__name__} must subclass FeatureLoss")
+        cls.key = key
+        _REGISTRY[key] = LossInfo(key, cls, paper, equations, logits, _hparams_of(cls))
+        return cls
+
+    return wrap
+
+
+def _hparams_of(cls: type) -> tuple[HParam, ...]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(
+        HParam(p.name, p.default, cls.allowed.get(p.name, ""))
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    )
+
+
+def list_losses() -> list[str]:
+    _load_builtin_losses()
+    return list(_REGISTRY)
+
+
+def loss_info(name: str) -> LossInfo:
+    _load_builtin_losses()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss '{name}'; known losses: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def build_loss(name: str, *, num_classes: int, feature_dim: int, **hparams: Any) -> FeatureLoss:
+    info = loss_info(name)
+    known = {h.name for h in info.hparams}
+    unknown = sorted(set(hparams) - known)
+    if unknown:
+        raise ValueError(f"loss '{name}': unknown hyperparameter '{unknown[0]}'; "
+                         f"known: {', '.join(sorted(known)) or 'none'}")
+    return info.cls(num_classes=num_classes, feature_dim=feature_dim, **hparams)
+
+
+def _load_builtin_losses() -> None:
+    # Importing the catalogue registers every built-in loss (no other side effects).
+    import featloss.losses  # noqa: F401
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy, always in float32 or wider (the loss is never computed in bf16)."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return nn.functional.cross_entropy(logits, labels)

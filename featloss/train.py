@@ -1,0 +1,320 @@
+"""`fit(config, report)`: train one model with one loss. Pure PyTorch: no Ray, no MLflow.
+
+Each epoch calls ``report(metrics, state)``, where ``state()`` returns everything needed to resume
+exactly (model, loss, optimizer, scheduler, epoch, RNG states); callers that checkpoint call it,
+others ignore it. ``fit(config, report, resume=state)`` continues from such a state and gives the
+same metrics as an uninterrupted run (on the CPU; cuDNN may reorder float sums on a GPU).
+
+A diverged trial (non-finite training loss) stops with status ``diverged`` instead of raising.
+All training randomness flows from ``config.seed`` through torch's global RNG (initialisation,
+dropout) and one data generator (sampling, augmentation), both saved in the state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from featloss.backbones import backbone_info, build_backbone
+from featloss.config import Config
+from featloss.data import DeviceData, dataset_info, epoch_order, load_splits
+from featloss.data.batches import balanced_per_class
+from featloss.errors import ConfigError
+from featloss.losses import FeatureLoss, build_loss, loss_info
+from featloss.metrics import accuracy, feature_metrics
+
+StateFn = Callable[[], dict]
+ReportFn = Callable[[dict, StateFn], None]
+
+COMPLETED, DIVERGED = "completed", "diverged"
+
+
+@dataclass
+class FitResult:
+    status: str  # completed | diverged
+    epochs_completed: int
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's report
+
+
+# -- validation: every bad input is a ConfigError before any compute ------------------------------
+
+def validate_config(config: Config) -> Config:
+    """Check a config against the registries; raises ConfigError naming what is wrong."""
+    config.check()
+    data = dataset_info(config.data.dataset)
+    backbone_info(config.model.backbone)
+    info = _loss_info(config.loss.name)
+    num_classes = config.data.classes or data.num_classes
+    try:
+        # Built on the CPU: cheap, and it runs every hyperparameter check of the loss.
+        build_loss(config.loss.name, num_classes=num_classes or 2,
+                   feature_dim=config.model.feature_dim, **config.loss.hparams)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    needed = info.cls.min_samples_per_class(**config.loss.hparams)
+    if needed and num_classes:
+        _check_batch_composition(config, num_classes, needed)
+    return config
+
+
+def _loss_info(name: str):
+    try:
+        return loss_info(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _check_batch_composition(config: Config, num_classes: int, needed: int) -> None:
+    loss = config.loss.name
+    if config.data.sampler != "balanced":
+        raise ConfigError(f"loss '{loss}' needs >= {needed} samples of every class in every batch; "
+                          f"set data.sampler=balanced (the random sampler cannot guarantee it)")
+    per_class = balanced_per_class(config.train.batch_size, num_classes)
+    if per_class < needed:
+        raise ConfigError(
+            f"loss '{loss}' needs >= {needed} samples per class per batch, but "
+            f"train.batch_size={config.train.batch_size} gives {per_class} for {num_classes} "
+            f"classes; use train.batch_size >= {needed * num_classes}")
+
+
+# -- building blocks ------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA device is available; use auto or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def build_optimizer(config: Config, model: nn.Module, loss: nn.Module) -> torch.optim.Optimizer:
+    t = config.train
+    groups = [{"params": list(model.parameters()), "lr": t.lr, "weight_decay": t.weight_decay}]
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    if loss_params:  # the loss's own tensors get their own group (train.loss_lr)
+        groups.append({
+            "params": loss_params,
+            "lr": t.lr if t.loss_lr is None else t.loss_lr,
+            "weight_decay": t.weight_decay if t.loss_weight_decay is None else t.loss_weight_decay,
+        })
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+    return torch.optim.Adam(groups, lr=t.lr)
+
+
+def lr_factor(config: Config, epoch: int) -> float:
+    """Multiplier of the initial learning rates for `epoch` (0-based)."""
+    t = config.train
+    if t.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / t.epochs))
+    if t.schedule == "step":
+        milestones = [round(f * t.epochs) for f in t.lr_milestones]
+        return t.lr_gamma ** sum(epoch >= m for m in milestones)
+    return 1.0
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+class _Run:
+    """Everything one training run holds; `state()` / `load()` round-trip it exactly."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.device = resolve_device(config.train.device)
+        seed_everything(config.seed)
+        splits = load_splits(config.data)
+        self.num_classes = splits.num_classes
+        self._check_loss_against_data()
+        self.model = build_backbone(
+            config.model.backbone, in_channels=splits.in_channels, image_size=splits.image_size,
+            feature_dim=config.model.feature_dim, dropout=config.model.dropout).to(self.device)
+        try:
+            loss = build_loss(config.loss.name, num_classes=self.num_classes,
+                              feature_dim=config.model.feature_dim, **config.loss.hparams)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.loss: FeatureLoss = loss.to(self.device)
+        self.optimizer = build_optimizer(config, self.model, self.loss)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda epoch: lr_factor(config, epoch))
+        self.train_data = DeviceData(splits.train, splits.mean, splits.std, self.device)
+        self.val_data = DeviceData(splits.val, splits.mean, splits.std, self.device)
+        self.test_data = DeviceData(splits.test, splits.mean, splits.std, self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        self.epoch = 0  # epochs completed
+        self.status = "running"
+        self.metrics: dict[str, Any] = {}
+
+    def _check_loss_against_data(self) -> None:
+        needed = loss_info(self.config.loss.name).cls.min_samples_per_class(
+            **self.config.loss.hparams)
+        if needed:
+            _check_batch_composition(self.config, self.num_classes, needed)
+        if self.config.data.sampler == "balanced":
+            balanced_per_class(self.config.train.batch_size, self.num_classes)
+
+    def autocast(self):
+        bf16 = self.config.train.precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "epoch": self.epoch,
+            "status": self.status,
+            "model": _to_cpu(self.model.state_dict()),
+            "loss": _to_cpu(self.loss.state_dict()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "metrics": dict(self.metrics),
+            "config": self.config.to_dict(),
+        }
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["data"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch = int(state["epoch"])
+        self.status = state.get("status", "running")
+        self.metrics = dict(state.get("metrics", {}))
+
+    def train_epoch(self) -> dict[str, float] | None:
+        """One epoch of SGD; None when the loss became non-finite (diverged)."""
+        cfg = self.config
+        self.model.train()
+        self.loss.train()
+        self.loss.on_epoch_start(self.epoch)
+        order = epoch_order(self.train_data.labels, cfg.train.batch_size, cfg.data.sampler,
+                            self.num_classes, self.generator)  # (num_batches, batch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        term_sums: dict[str, Tensor] = {}
+        check_every = cfg.train.divergence_check_every
+        batches = self.train_data.train_batches(order, cfg.data.augment, self.generator)
+        for step, (images, labels) in enumerate(batches, start=1):
+            with self.autocast():
+                features = self.model(images)  # (B, d)
+            out = self.loss(features.float(), labels)  # the loss always runs in fp32
+            self.optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            self.optimizer.step()
+            self.loss.on_step()
+            loss_sum += out.total.detach()
+            for name, value in out.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.detach()
+            with torch.no_grad():
+                correct += (self.loss.logits(features.detach().float()).argmax(1) == labels).sum()
+            if step % check_every == 0 and not torch.isfinite(loss_sum):  # syncs: not every step
+                return None
+        if not torch.isfinite(loss_sum):
+            return None
+        steps = order.shape[0]
+        metrics = {"train/loss": float(loss_sum) / steps,
+                   "train/accuracy": float(correct) / order.numel()}
+        metrics.update({f"train/{k}": float(v) / steps for k, v in term_sums.items()})
+        metrics["train/images"] = float(order.numel())
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, data: DeviceData, prefix: str, with_features: bool) -> dict[str, float]:
+        self.model.eval()
+        self.loss.eval()
+        chunks = []
+        for images, _ in data.eval_batches(self.config.train.eval_batch_size):
+            with self.autocast():
+                chunks.append(self.model(images).float())
+        features = torch.cat(chunks)  # (N, d)
+        labels = data.labels
+        out = {f"{prefix}/accuracy": accuracy(self.loss.logits(features), labels),
+               f"{prefix}/loss": float(self.loss(features, labels).total)}
+        if with_features:
+            out.update(feature_metrics(features, labels, self.num_classes,
+                                       self.loss.class_vectors()))
+        return out
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def fit(config: Config, report: ReportFn | None = None, resume: dict | None = None) -> FitResult:
+    """Train `config`; call ``report(metrics, state)`` after every epoch. See the module doc."""
+    validate_config(config)
+    run = _Run(config)
+    if resume is not None:
+        run.load(resume)
+    report = report or (lambda metrics, state: None)
+    epochs = config.train.epochs
+    if run.status != "running" or run.epoch >= epochs:
+        # Finished before the interruption: report the final metrics again, recompute nothing.
+        run.status = DIVERGED if run.status == DIVERGED else COMPLETED
+        run.metrics["status"] = run.status
+        report(dict(run.metrics), run.state)
+        return FitResult(run.status, run.epoch, dict(run.metrics))
+
+    while run.epoch < epochs:
+        started = time.perf_counter()
+        train_metrics = run.train_epoch()
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        train_seconds = time.perf_counter() - started
+        if train_metrics is None:
+            run.status = DIVERGED
+            run.epoch += 1
+            run.metrics = {"epoch": run.epoch, "train/loss": math.nan, "status": DIVERGED}
+            report(dict(run.metrics), run.state)
+            return FitResult(DIVERGED, run.epoch, dict(run.metrics))
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.scheduler.step()
+        run.epoch += 1
+        last = run.epoch == epochs
+        images = train_metrics.pop("train/images")
+        metrics: dict[str, Any] = {"epoch": run.epoch, **train_metrics, "lr": lr}
+        metrics.update(run.evaluate(run.val_data, "val", with_features=True))
+        if last and config.train.eval_test:
+            metrics.update(run.evaluate(run.test_data, "test", with_features=False))
+        metrics.update(run.loss.epoch_metrics())
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        metrics["images_per_second"] = images / train_seconds
+        run.status = COMPLETED if last else "running"
+        metrics["status"] = run.status
+        run.metrics = metrics
+        report(dict(metrics), run.state)
+    return FitResult(COMPLETED, run.epoch, dict(run.metrics))
+
+
+def save_state(state: dict, path: str) -> None:
+    torch.save(state, path)
+
+
+def load_state(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
