@@ -18,9 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-import yaml
-
 from featloss.errors import ConfigError
+from featloss.yamlio import load_yaml
 
 
 def _choices(*values: str) -> dict:
@@ -234,8 +233,8 @@ def _type_error(value: Any, expected: str, key: str, where: str) -> ConfigError:
 def parse_value(text: str) -> Any:
     """Parse the right-hand side of ``--set key=value`` as YAML (1e-3, true, [1, 2], null)."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return load_yaml(text)
+    except Exception:  # not YAML: keep the text as a string
         return text
 
 
@@ -264,8 +263,13 @@ def set_path(raw: dict, path: str, value: Any, where: str) -> None:
 
 
 def load_config_file(path: str) -> dict:
-    with open(path) as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path) as fh:
+            data = load_yaml(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except Exception as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

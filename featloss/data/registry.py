@@ -110,7 +110,7 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         test_x, test_y = test_x[keep], test_y[keep]
 
     gen = torch.Generator().manual_seed(cfg.split_seed)
-    train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, gen)
+    train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, gen, min_held=1)
     if cfg.max_train_samples is not None:
         train_idx = stratified_cap(train_idx, train_y, cfg.max_train_samples, gen)
     test_idx = torch.arange(len(test_y))
@@ -144,13 +144,19 @@ def _load_raw(key: str, root: str | None, image_size: int | None) -> RawDataset:
     return _DATASETS[key].load(root, image_size)
 
 
-def stratified_split(labels: Tensor, fraction: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Split indices into (keep, held_out) with `fraction` of every class held out."""
+def stratified_split(labels: Tensor, fraction: float, gen: torch.Generator,
+                     min_held: int = 0) -> tuple[Tensor, Tensor]:
+    """Split indices into (keep, held_out) with `fraction` of every class held out.
+
+    `min_held` holds out at least that many of every class that has more samples than that.
+    """
     keep, held = [], []
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
         n_held = int(round(len(idx) * fraction))
+        if len(idx) > min_held:
+            n_held = max(n_held, min_held)
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
