@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featloss: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `featloss losses | head`
+        sys.stderr.close()
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:

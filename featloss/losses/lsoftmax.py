@@ -27,7 +27,7 @@ _EPS = 1e-12  # guards cos θ against a zero feature or weight row
     logits="x Wᵀ",
 )
 class LSoftmaxLoss(FeatureLoss):
-    """CE with the target logit f_y = (λ‖w_y‖‖x‖cos θ_y + ‖w_y‖‖x‖ψ(θ_y)) / (1 + λ) (Eq. 4, 6, Sec. 5.1).
+    """CE with target logit f_y = (λ‖w_y‖‖x‖cos θ_y + ‖w_y‖‖x‖ψ(θ_y))/(1 + λ) (Eq. 4, 6, Sec. 5.1).
 
     ψ(θ) = (−1)ᵏ cos(mθ) − 2k for θ ∈ [kπ/m, (k+1)π/m] (Eq. 6); cos(mθ) is the multiple-angle
     polynomial in cos θ (Eq. 7); k is piecewise constant, so it carries no gradient. Other logits
@@ -69,23 +69,28 @@ class LSoftmaxLoss(FeatureLoss):
         # θ ≥ jπ/m  ⇔  cos θ ≤ cos(jπ/m); k counts the thresholds crossed (k ∈ [0, m−1])
         self._thresholds = [math.cos(j * math.pi / m) for j in range(1, m)]
 
-    def _lambda(self, dtype: torch.dtype) -> Tensor | float:
-        # A tensor on the buffer's device, so forward never syncs with the GPU to read `iteration`.
+    def _lambda(self) -> Tensor | float:
         if self.lambda_base == 0.0:
             return self.lambda_min
-        it = self.iteration.to(dtype)
-        lam = self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power)
+        base, gamma, power = self.lambda_base, self.lambda_gamma, self.lambda_power
+        if self.iteration.device.type == "cpu":
+            # Reading a CPU buffer costs nothing: a Python float keeps the graph small.
+            lam = base * (1.0 + gamma * int(self.iteration)) ** (-power)
+            return max(lam, self.lambda_min)
+        # On an accelerator stay a tensor: reading `iteration` would sync every forward.
+        lam = base * (1.0 + gamma * self.iteration.float()) ** (-power)
         return lam.clamp_min(self.lambda_min)
 
     def _cos_m(self, cos: Tensor) -> Tensor:
         """cos(mθ) from cos θ by the multiple-angle polynomial (Eq. 7): smooth, no acos."""
         sin2 = 1.0 - cos * cos
         out = None
-        for coef, p, n in self._terms:
-            term = cos.pow(p) if p else None  # skip x⁰ factors: no needless ops in the graph
+        for coef, p, n in self._terms:  # skip x⁰, x¹ and ×1: fewer ops in the graph
+            term = (cos if p == 1 else cos.pow(p)) if p else None
             if n:
-                term = sin2.pow(n) if term is None else term * sin2.pow(n)
-            term = coef * term
+                s = sin2 if n == 1 else sin2.pow(n)
+                term = s if term is None else term * s
+            term = term if coef == 1 else coef * term
             out = term if out is None else out + term
         return out
 
@@ -95,26 +100,29 @@ class LSoftmaxLoss(FeatureLoss):
     def forward(self, features: Tensor, labels: Tensor) -> LossOutput:
         logits = self.logits(features)  # (B, C)
         idx = labels.unsqueeze(1)  # (B, 1)
-        # Only the target column gets the margin: work on (B,) vectors, then scatter back.
+        # Only the target column gets the margin: work on (B,) vectors, then add back.
         wx = logits.gather(1, idx).squeeze(1)  # (B,) ‖w_y‖‖x‖cos θ_y
         norms = features.norm(dim=1) * self.weight.norm(dim=1)[labels]  # (B,) ‖x‖‖w_y‖
         cos = (wx / norms.clamp_min(_EPS)).clamp(-1.0, 1.0)  # (B,)
-        cos_m = self._cos_m(cos)  # (B,) cos(mθ_y)
-        with torch.no_grad():
-            k = torch.zeros_like(cos)  # (B,)
-            for t in self._thresholds:
-                k += cos <= t
-        psi = torch.where(k.remainder(2) == 1, -cos_m, cos_m) - 2.0 * k  # (B,) Eq. 6
-        lam = self._lambda(logits.dtype if logits.dtype == torch.float64 else torch.float32)
-        f_y = (lam * wx + norms * psi) / (1.0 + lam)  # (B,) Sec. 5.1 blend
-        ce = cross_entropy(logits.scatter(1, idx, f_y.unsqueeze(1)), labels)
+        psi = self._cos_m(cos)  # (B,) cos(mθ_y), Eq. 7
+        if self._thresholds:
+            with torch.no_grad():  # k is piecewise constant: it carries no gradient
+                k = torch.zeros_like(cos)  # (B,)
+                for t in self._thresholds:
+                    k += cos <= t
+                sign = 1.0 - 2.0 * k.remainder(2)  # (B,) (−1)ᵏ
+            psi = sign * psi - 2.0 * k  # (B,) ψ(θ_y), Eq. 6
+        # Add f_y − x·w_y = (‖x‖‖w_y‖ψ − x·w_y)/(1 + λ) to the target column: scatter_add has
+        # an identity backward (no masked copy of the (B, C) gradient, unlike scatter).
+        delta = (norms * psi - wx) / (1.0 + self._lambda())  # (B,)
+        ce = cross_entropy(logits.scatter_add(1, idx, delta.unsqueeze(1)), labels)
         return LossOutput(ce, {"ce": ce.detach()})
 
     def on_step(self) -> None:
         self.iteration += 1
 
     def epoch_metrics(self) -> dict[str, float]:
-        return {"loss/lambda": float(self._lambda(torch.float64))}
+        return {"loss/lambda": float(self._lambda())}
 
     def class_vectors(self) -> Tensor:
         return self.weight

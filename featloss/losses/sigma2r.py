@@ -1,0 +1,137 @@
+"""σ²R loss: a centre pull reweighted per sample by a learnable sigmoid of neighbourhood spreads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from featloss.losses.base import (
+    FeatureLoss,
+    LossOutput,
+    check_integer,
+    check_positive,
+    cross_entropy,
+    register_loss,
+)
+from featloss.losses.softmax import init_classifier_weight
+
+
+def _set_std(anchor: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+    """std of {anchor_r} ∪ {valid neighbours_r}: sqrt(Σ‖p − mean‖² / (|S| − 1)), NaN if |S| = 1.
+
+    anchor (R, d), neighbours (R, n, d), valid (R, n) bool. With offsets v = p − anchor (0 for
+    the anchor itself), Σ‖p − mean‖² = Σ‖v‖² − ‖Σv‖²/|S|: one pass over (R, n, d).
+    """
+    offsets = (neighbours - anchor.unsqueeze(1)) * valid.unsqueeze(-1)  # (R, n, d), 0 if unused
+    size = 1.0 + valid.sum(dim=1)  # (R,)
+    spread = offsets.pow(2).sum(dim=(1, 2)) - offsets.sum(dim=1).pow(2).sum(dim=1) / size  # (R,)
+    return (spread.clamp_min(0.0) / (size - 1.0)).sqrt()  # (R,)
+
+
+@register_loss(
+    "sigma2r",
+    paper="La Grassa, Gallo & Landro, σ²R loss (weighted loss by sigmoidal multiplicative factors)",
+    equations="Eq. 8-11",
+    logits="x Wᵀ",
+)
+class Sigma2RLoss(FeatureLoss):
+    """CE(x Wᵀ) + lam · L_σ²R (Eq. 11), L_σ²R = mean_i β_i ‖x_i − c_{y_i}‖² (Eq. 10).
+
+    β_i = Z · sigmoid(K_{y_i} (σ_x,i − σ_c,y_i)) (Eq. 8), K_c = eps + Z · sigmoid(w_k[c]) (Eq. 9).
+    σ_x,i is the std of {x_i} ∪ its n nearest same-class batch samples (itself excluded);
+    σ_c,y the std of {c_y} ∪ the n class-y batch samples nearest to c_y (Euclidean distance).
+    The σ values carry no gradient; gradients reach x, ``centers`` and ``w_k`` (through K).
+
+    Training mode needs n + 1 samples of every class present in a batch (use the balanced
+    sampler) and raises ValueError otherwise. Eval mode (the trainer scores the whole validation
+    set, whose classes may be small) uses k_c = min(n, n_c − 1) neighbours for both sets of class
+    c, so the two spreads stay comparable, and leaves classes with a single sample out of
+    L_σ²R (the mean runs over the remaining samples; 0 when none remain).
+
+    Args:
+        num_classes: C, the number of classes.
+        feature_dim: d, the feature width.
+        z: Z, the range of β and of K (Eq. 8-9).
+        n_neighbors: n, the neighbourhood size of both spreads.
+        lam: λ, the weight of L_σ²R (Eq. 11).
+        eps: ε, the lower bound of the growth rates K (Eq. 9).
+
+    Tensors: ``weight`` (C, d) classifier; ``centers`` (C, d) and ``w_k`` (C,) start N(0, 1)
+    (global RNG, seeded by the trainer), as in the paper.
+    """
+
+    allowed = {"z": "a finite number > 0", "n_neighbors": "an integer >= 1",
+               "lam": "a finite number >= 0", "eps": "a finite number > 0"}
+
+    def __init__(self, num_classes: int, feature_dim: int, *, z: float = 40.0,
+                 n_neighbors: int = 7, lam: float = 0.01, eps: float = 1e-3) -> None:
+        super().__init__(num_classes, feature_dim)
+        self.z = check_positive(self, "z", z)
+        self.n_neighbors = check_integer(self, "n_neighbors", n_neighbors, 1)
+        self.lam = check_positive(self, "lam", lam, allow_zero=True)
+        self.eps = check_positive(self, "eps", eps)
+        self.weight = init_classifier_weight(num_classes, feature_dim)
+        self.centers = nn.Parameter(torch.randn(num_classes, feature_dim))
+        self.w_k = nn.Parameter(torch.randn(num_classes))
+
+    @classmethod
+    def min_samples_per_class(cls, **hparams: Any) -> int:
+        return check_integer(cls.key, "n_neighbors", hparams.get("n_neighbors", 7), 1) + 1
+
+    def logits(self, features: Tensor) -> Tensor:
+        return features @ self.weight.t()  # (B, C)
+
+    def _spread_gap(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """σ_x,i − σ_c,y_i (B,) without gradient, and the (B,) mask of samples that have one."""
+        n, batch = self.n_neighbors, x.shape[0]
+        classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        if self.training and bool((counts < n + 1).any()):
+            c = int(torch.argmin(counts))
+            raise ValueError(
+                f"loss 'sigma2r': class {int(classes[c])} has {int(counts[c])} samples in this "
+                f"batch but needs at least n_neighbors + 1 = {n + 1}; use data.sampler=balanced "
+                f"with a larger train.batch_size")
+        k_class = (counts - 1).clamp(max=n)  # (P,) neighbours used per present class
+        top = min(n, batch - 1)
+        if top == 0:  # a single sample: nothing has a neighbour
+            return x.new_zeros(batch), torch.zeros_like(labels, dtype=torch.bool)
+        rank_ok = torch.arange(top, device=x.device)  # (top,)
+        # σ_x: the n nearest other samples of the same class; others pushed to +inf.
+        same = labels.unsqueeze(1) == labels.unsqueeze(0)  # (B, B)
+        same.fill_diagonal_(False)
+        # Ranking needs only ‖x_j‖² − 2 x_i·x_j: ‖x_i − x_j‖² up to a per-row constant ‖x_i‖².
+        sq_norm = x.pow(2).sum(dim=1).unsqueeze(0)  # (1, B)
+        dist = (sq_norm - 2.0 * x @ x.t()).masked_fill_(~same, float("inf"))  # (B, B)
+        idx = dist.topk(top, dim=1, largest=False).indices  # (B, top)
+        k_sample = k_class[inverse]  # (B,)
+        sigma_x = _set_std(x, x[idx], rank_ok < k_sample.unsqueeze(1))  # (B,)
+        # σ_c: the n class samples nearest to each present class's centre.
+        centres = self.centers.detach()[classes]  # (P, d)
+        dist_c = (sq_norm - 2.0 * centres @ x.t()).masked_fill_(
+            classes.unsqueeze(1) != labels, float("inf"))  # (P, B), same per-row shift
+        idx_c = dist_c.topk(top, dim=1, largest=False).indices  # (P, top)
+        sigma_c = _set_std(centres, x[idx_c], rank_ok < k_class.unsqueeze(1))  # (P,)
+        keep = k_sample > 0
+        # Dropped samples get gap 0, not NaN, so no NaN reaches the gradient through β.
+        return torch.where(keep, sigma_x - sigma_c[inverse], 0.0), keep
+
+    def forward(self, features: Tensor, labels: Tensor) -> LossOutput:
+        ce = cross_entropy(self.logits(features), labels)
+        x = features if features.dtype in (torch.float32, torch.float64) else features.float()
+        gap, keep = self._spread_gap(x.detach(), labels)  # (B,), (B,)
+        k_rate = self.eps + self.z * torch.sigmoid(self.w_k[labels])  # (B,) Eq. 9
+        beta = self.z * torch.sigmoid(k_rate * gap)  # (B,) Eq. 8
+        sq = (x - self.centers[labels]).pow(2).sum(dim=1)  # (B,)
+        # Eval mode may drop samples: the mean runs over the kept ones (0 when none are left).
+        sigma2r = (beta * sq * keep).sum() / keep.sum().clamp_min(1)
+        total = ce + self.lam * sigma2r
+        return LossOutput(total, {"ce": ce.detach(), "sigma2r": sigma2r.detach()})
+
+    def class_vectors(self) -> Tensor:
+        return self.weight
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, z={self.z}, n_neighbors={self.n_neighbors}, "
+                f"lam={self.lam}, eps={self.eps}")
