@@ -74,14 +74,15 @@ def _loss_info(name: str):
 def _check_batch_composition(config: Config, num_classes: int, needed: int) -> None:
     loss = config.loss.name
     if config.data.sampler != "balanced":
-        raise ConfigError(f"loss '{loss}' needs >= {needed} samples of every class in every batch; "
-                          f"set data.sampler=balanced (the random sampler cannot guarantee it)")
+        raise ConfigError(f"data.sampler={config.data.sampler} cannot give loss '{loss}' the "
+                          f">= {needed} samples of every class it needs in every batch; "
+                          f"set data.sampler=balanced")
     per_class = balanced_per_class(config.train.batch_size, num_classes)
     if per_class < needed:
         raise ConfigError(
-            f"loss '{loss}' needs >= {needed} samples per class per batch, but "
-            f"train.batch_size={config.train.batch_size} gives {per_class} for {num_classes} "
-            f"classes; use train.batch_size >= {needed * num_classes}")
+            f"train.batch_size={config.train.batch_size} gives {per_class} samples per class for "
+            f"{num_classes} classes, but loss '{loss}' needs >= {needed}; use "
+            f"train.batch_size >= {needed * num_classes}")
 
 
 # -- building blocks ------------------------------------------------------------------------------
