@@ -18,15 +18,18 @@ from featloss.losses.base import (
 from featloss.losses.softmax import init_classifier_weight
 
 
-def _set_std(anchor: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
-    """std of {anchor_r} ∪ {valid neighbours_r}: sqrt(Σ‖p − mean‖² / (|S| − 1)), NaN if |S| = 1.
+def _set_std(anchor_sq: Tensor, pair_sq: Tensor, valid: Tensor) -> Tensor:
+    """std of S = {anchor} ∪ {valid neighbours}, from squared distances alone.
 
-    anchor (R, d), neighbours (R, n, d), valid (R, n) bool. With offsets v = p − anchor (0 for
-    the anchor itself), Σ‖p − mean‖² = Σ‖v‖² − ‖Σv‖²/|S|: one pass over (R, n, d).
+    Σ_{p∈S}‖p − mean(S)‖² = (1/|S|) Σ_{p<q∈S} ‖p − q‖², so the spread needs only the
+    anchor-neighbour distances anchor_sq (R, n) and the neighbour-neighbour distances pair_sq
+    (R, n, n), which the neighbour search has already computed: no (R, n, d) tensor is built.
+    valid (R, n) bool marks the neighbours in use. NaN when |S| = 1.
     """
-    offsets = (neighbours - anchor.unsqueeze(1)) * valid.unsqueeze(-1)  # (R, n, d), 0 if unused
-    size = 1.0 + valid.sum(dim=1)  # (R,)
-    spread = offsets.pow(2).sum(dim=(1, 2)) - offsets.sum(dim=1).pow(2).sum(dim=1) / size  # (R,)
+    v = valid.to(anchor_sq.dtype)  # (R, n)
+    pairs = (pair_sq * v.unsqueeze(2) * v.unsqueeze(1)).sum(dim=(1, 2)) / 2  # (R,) p<q pairs
+    size = 1.0 + v.sum(dim=1)  # (R,)
+    spread = ((anchor_sq * v).sum(dim=1) + pairs) / size  # (R,) Σ‖p − mean‖²
     return (spread.clamp_min(0.0) / (size - 1.0)).sqrt()  # (R,)
 
 
@@ -98,21 +101,30 @@ class Sigma2RLoss(FeatureLoss):
         if top == 0:  # a single sample: nothing has a neighbour
             return x.new_zeros(batch), torch.zeros_like(labels, dtype=torch.bool)
         rank_ok = torch.arange(top, device=x.device)  # (top,)
+        # Distances via ‖a‖² + ‖b‖² − 2a·b cancel badly in float32 when norms dwarf spreads;
+        # they are translation-invariant, so measure them from the batch mean.
+        origin = x.mean(dim=0)  # (d,)
+        x = x - origin
+        sq_norm = x.pow(2).sum(dim=1)  # (B,)
+        sq_dist = (sq_norm.unsqueeze(1) + sq_norm.unsqueeze(0)
+                   - 2.0 * x @ x.t()).clamp_min_(0.0)  # (B, B) ‖x_i − x_j‖²
         # σ_x: the n nearest other samples of the same class; others pushed to +inf.
         same = labels.unsqueeze(1) == labels.unsqueeze(0)  # (B, B)
         same.fill_diagonal_(False)
-        # Ranking needs only ‖x_j‖² − 2 x_i·x_j: ‖x_i − x_j‖² up to a per-row constant ‖x_i‖².
-        sq_norm = x.pow(2).sum(dim=1).unsqueeze(0)  # (1, B)
-        dist = (sq_norm - 2.0 * x @ x.t()).masked_fill_(~same, float("inf"))  # (B, B)
-        idx = dist.topk(top, dim=1, largest=False).indices  # (B, top)
+        near, idx = sq_dist.masked_fill(~same, float("inf")).topk(top, dim=1, largest=False)
         k_sample = k_class[inverse]  # (B,)
-        sigma_x = _set_std(x, x[idx], rank_ok < k_sample.unsqueeze(1))  # (B,)
+        valid_x = rank_ok < k_sample.unsqueeze(1)  # (B, top)
+        near = near.masked_fill(~valid_x, 0.0)  # (B, top), no inf from classes short of n
+        sigma_x = _set_std(near, sq_dist[idx.unsqueeze(2), idx.unsqueeze(1)], valid_x)  # (B,)
         # σ_c: the n class samples nearest to each present class's centre.
-        centres = self.centers.detach()[classes]  # (P, d)
-        dist_c = (sq_norm - 2.0 * centres @ x.t()).masked_fill_(
-            classes.unsqueeze(1) != labels, float("inf"))  # (P, B), same per-row shift
-        idx_c = dist_c.topk(top, dim=1, largest=False).indices  # (P, top)
-        sigma_c = _set_std(centres, x[idx_c], rank_ok < k_class.unsqueeze(1))  # (P,)
+        centres = self.centers.detach()[classes] - origin  # (P, d), same origin
+        sq_dist_c = (centres.pow(2).sum(dim=1, keepdim=True) + sq_norm.unsqueeze(0)
+                     - 2.0 * centres @ x.t()).clamp_min_(0.0)  # (P, B)
+        near_c, idx_c = sq_dist_c.masked_fill(classes.unsqueeze(1) != labels, float("inf")).topk(
+            top, dim=1, largest=False)  # (P, top)
+        valid_c = rank_ok < k_class.unsqueeze(1)  # (P, top)
+        near_c = near_c.masked_fill(~valid_c, 0.0)
+        sigma_c = _set_std(near_c, sq_dist[idx_c.unsqueeze(2), idx_c.unsqueeze(1)], valid_c)  # (P,)
         keep = k_sample > 0
         # Dropped samples get gap 0, not NaN, so no NaN reaches the gradient through β.
         return torch.where(keep, sigma_x - sigma_c[inverse], 0.0), keep
