@@ -26,3 +26,64 @@ def cifar_integrity_unchecked(monkeypatch):
     import torchvision.datasets.cifar as cifar
 
     monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test run (starting Ray costs ~6 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=150 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """A migrated MLflow SQLite file, made once (migrations take ~7 s) and copied per test."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(mlflow_template, tmp_path):
+    import shutil
+
+    target = tmp_path / "mlflow.db"
+    shutil.copy(mlflow_template, target)
+    return f"sqlite:///{target}"
+
+
+def tiny_study(name: str, **sections) -> dict:
+    """A study small enough for tests: digits, small_cnn, 2 epochs on 400 images."""
+    study = {
+        "name": name,
+        "data": {"dataset": "digits", "max_train_samples": 400, "max_eval_samples": 200},
+        "model": {"backbone": "small_cnn", "feature_dim": 16},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05},
+        "losses": ["softmax"],
+        "seeds": [0],
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(study.get(key), dict):
+            study[key] = {**study[key], **value}
+        else:
+            study[key] = value
+    return study
+
+
+def mlflow_runs(uri: str, experiment: str) -> tuple[list, list]:
+    """(parent runs, trial runs) of an experiment, read with the real MLflow client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "", max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("featloss.role") == "parent"]
+    trials = [r for r in runs if r.data.tags.get("featloss.role") == "trial"]
+    return parents, trials
