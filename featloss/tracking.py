@@ -155,7 +155,11 @@ class StudyTracker:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
-        return self.client.create_experiment(name)
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            # Keep artifacts beside the database, not in whatever folder the command ran from.
+            location = str(Path(self.uri[len("sqlite:///"):]).parent / "mlruns" / name)
+        return self.client.create_experiment(name, artifact_location=location)
 
     # -- parent run -----------------------------------------------------------------------------
     def start_parent(self, study_yaml: str, plan: dict, tags: dict[str, str]) -> str:
