@@ -91,8 +91,11 @@ def featloss_trial(params: dict) -> None:
     def report(metrics: dict, state) -> None:
         nonlocal saved_epoch
         if metrics.get("epoch", 0) != saved_epoch:  # a finished trial re-reports without saving
-            storage.save_trial_state(checkpoint_uri, state())
+            snapshot = state()
+            storage.save_trial_state(checkpoint_uri, snapshot)
             saved_epoch = metrics.get("epoch", 0)
+            if metrics.get("status") == "completed" and "val_features" in snapshot:
+                storage.save_trial_state(features_uri(checkpoint_uri), snapshot["val_features"])
         _report(metrics)
 
     def _report(metrics: dict) -> None:
@@ -107,6 +110,11 @@ def featloss_trial(params: dict) -> None:
         # report, and the driver can die in between): replay that epoch; MLflow keeps it once.
         _report(dict(resume["metrics"]))
     fit(config, report, resume=resume)
+
+
+def features_uri(checkpoint_uri: str) -> str:
+    """Where a finished trial with 2-D features leaves them (logged to its MLflow run)."""
+    return checkpoint_uri[: -len(".pt")] + ".features.pt"
 
 
 def _with_resources(resources: dict[str, float]):
@@ -344,6 +352,9 @@ class _PhaseDriver:
         else:
             reported = (trial.last_result or {}).get("status", "completed")
             status = "stopped" if reported == "running" else reported
+        features = features_uri(spec["checkpoint"])
+        if status == "completed" and storage.exists(features):
+            self.tracker.log_features(key, storage.load_trial_state(features))
         self.tracker.finish_child(key, status)
         self.running.discard(key)
         if key not in self.finished:
@@ -625,9 +636,17 @@ def _log_optuna_studies(experiment_dir: str, tracker: StudyTracker) -> None:
         return
     with fs.open_input_stream(files[-1]) as stream:
         saved = pickle.loads(stream.read())
+    import optuna
+
     for loss, search in saved.get("_optuna", {}).items():
-        frame = search._ot_study.trials_dataframe()
-        tracker.log_text(frame.to_csv(index=False), f"optuna/{loss}_trials.csv")
+        study = search._ot_study
+        tracker.log_text(study.trials_dataframe().to_csv(index=False), f"optuna/{loss}_trials.csv")
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(done) >= 2 and len({t.value for t in done}) > 1:
+            # fANOVA importances of the searched keys (Optuna's default evaluator)
+            importance = optuna.importance.get_param_importances(study)
+            tracker.log_text(json.dumps({_decode(k): v for k, v in importance.items()}, indent=1),
+                             f"optuna/{loss}_importance.json")
 
 
 def _raise_if_interrupted(results, expected: int, results_dir: str) -> None:

@@ -594,7 +594,9 @@ def loss_space(study: Study, loss: str, base: dict, spaces_dir: str | None) -> d
             space[key] = parse_distribution(value, f"{study.source}: search.space.{loss}.{key}", km1)
     for name in search.space:
         if name not in study.losses:
-            raise ConfigError(f"{study.source}: search.space.{name}: '{name}' is not in 'losses'")
+            raise ConfigError(f"{study.source}: search.space.{name}: '{name}' is not in 'losses' "
+                              f"(search.space maps a loss key to its space overrides, e.g. "
+                              f"search.space.pod.loss.lam)")
     hparams = {h.name for h in loss_info(loss).hparams}
     for key in space:
         section, _, name = key.partition(".")

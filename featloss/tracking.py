@@ -301,6 +301,19 @@ class StudyTracker:
                "tagging a trial")
         _retry(lambda: self.client.set_terminated(run_id, status=mlflow_status), "closing a trial")
 
+    def log_features(self, key: str, payload: dict | None) -> None:
+        """2-D validation features (and class vectors) as ``features.npz`` on the trial's run."""
+        import tempfile
+
+        import numpy as np
+
+        if not payload:
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "features.npz"
+            np.savez_compressed(path, **{k: v.numpy() for k, v in payload.items()})
+            self.log_file(str(path), run_id=self.children[key])
+
     def set_tags(self, key: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -360,6 +373,27 @@ def metric_histories(tracking_uri: str, run_id: str, keys: Iterable[str]) -> dic
     return {key: [(m.step, m.value) for m in _retry(lambda: client.get_metric_history(run_id, key),
                                                     "reading metric history")]
             for key in keys}
+
+
+def list_artifacts(tracking_uri: str, run_id: str, path: str | None = None) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=normalise_uri(tracking_uri))
+    return [a.path for a in _retry(lambda: client.list_artifacts(run_id, path), "listing artifacts")]
+
+
+def download_artifact(tracking_uri: str, run_id: str, path: str, folder: str) -> str | None:
+    """Download one artifact into `folder`; None when the run has no such artifact."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=normalise_uri(tracking_uri))
+    try:
+        return _retry(lambda: client.download_artifacts(run_id, path, folder), f"reading {path}")
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing file
+        if "not found" in str(exc).lower() or "no such file" in str(exc).lower() \
+                or isinstance(exc, (FileNotFoundError, OSError)):
+            return None
+        raise
 
 
 def log_report(tracking_uri: str, run_id: str, folder: str, artifact_path: str = "report") -> None:

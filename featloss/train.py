@@ -34,6 +34,7 @@ StateFn = Callable[[], dict]
 ReportFn = Callable[[dict, StateFn], None]
 
 COMPLETED, DIVERGED = "completed", "diverged"
+PLOTTED_FEATURE_DIM = 2  # runs with 2-D features keep their validation features in the state
 
 
 @dataclass
@@ -160,6 +161,7 @@ class _Run:
         self.epoch = 0  # epochs completed
         self.status = "running"
         self.metrics: dict[str, Any] = {}
+        self.val_features: dict[str, Tensor] | None = None  # set when feature_dim == 2
 
     def _check_loss_against_data(self) -> None:
         needed = loss_info(self.config.loss.name).cls.min_samples_per_class(
@@ -187,6 +189,8 @@ class _Run:
             "rng": rng,
             "metrics": dict(self.metrics),
             "config": self.config.to_dict(),
+            # 2-D validation features of the last evaluation, for the report's scatter plot
+            **({"val_features": self.val_features} if self.val_features is not None else {}),
         }
 
     def load(self, state: dict) -> None:
@@ -201,6 +205,7 @@ class _Run:
         self.epoch = int(state["epoch"])
         self.status = state.get("status", "running")
         self.metrics = dict(state.get("metrics", {}))
+        self.val_features = state.get("val_features")
 
     def train_epoch(self) -> dict[str, float] | None:
         """One epoch of SGD; None when the loss became non-finite (diverged)."""
@@ -252,8 +257,13 @@ class _Run:
         out = {f"{prefix}/accuracy": accuracy(self.loss.logits(features), labels),
                f"{prefix}/loss": float(self.loss(features, labels).total)}
         if with_features:
-            out.update(feature_metrics(features, labels, self.num_classes,
-                                       self.loss.class_vectors()))
+            vectors = self.loss.class_vectors()
+            out.update(feature_metrics(features, labels, self.num_classes, vectors))
+            if features.shape[1] == PLOTTED_FEATURE_DIM:  # small enough to keep for a scatter plot
+                self.val_features = {
+                    "features": features.cpu(), "labels": labels.cpu(),
+                    "class_vectors": (vectors.detach().float().cpu() if vectors is not None
+                                      else torch.zeros(0, features.shape[1]))}
         return out
 
 
