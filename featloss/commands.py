@@ -1,4 +1,4 @@
-"""The study commands of the CLI: run, validate, resume (report lives in featloss.report)."""
+"""The study commands of the CLI: run, validate, resume, and report (featloss.report)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,16 @@ def add_parsers(sub) -> None:
                                        "under --storage) or a results folder")
     _add_run_options(resume)
 
+    from featloss import report
+
+    report.add_parser(sub)
+
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or "
                                                "sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--storage", help=f"results folder, shared path or s3:// URI "
-                                          f"(default ./{DEFAULT_STORAGE})")
+                                          f"(default $FEATLOSS_STORAGE or ./{DEFAULT_STORAGE})")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a "
                                           "local Ray)")
     parser.add_argument("--max-concurrent", type=int, help="trials running at once")
@@ -44,6 +48,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if args.command == "resume":
         return cmd_resume(args)
+    if args.command == "report":
+        from featloss.report import cmd_report
+
+        return cmd_report(args)
     raise ConfigError(f"unknown command {args.command}")
 
 
@@ -66,7 +74,8 @@ def _options(args: argparse.Namespace, smoke: bool, saved: dict | None = None):
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError("--max-concurrent must be >= 1")
     uri = args.tracking_uri or saved.get("tracking_uri") or default_tracking_uri()
-    store = args.storage or saved.get("storage") or DEFAULT_STORAGE
+    store = (args.storage or saved.get("storage") or os.environ.get("FEATLOSS_STORAGE")
+             or DEFAULT_STORAGE)
     if "://" not in store:
         store = str(Path(store).expanduser().resolve())
     return RunOptions(tracking_uri=normalise_uri(uri), storage=store,
@@ -95,8 +104,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if target.endswith((".yaml", ".yml")) and Path(target).is_file():
         from featloss.study import load_study
 
+        import os
+
         name = load_study(target).name
-        base = args.storage or DEFAULT_STORAGE
+        base = args.storage or os.environ.get("FEATLOSS_STORAGE") or DEFAULT_STORAGE
         results_dir = storage.find_results_dir(base if "://" in base else str(Path(base).resolve()),
                                                name)
     else:

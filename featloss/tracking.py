@@ -387,13 +387,12 @@ def download_artifact(tracking_uri: str, run_id: str, path: str, folder: str) ->
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=normalise_uri(tracking_uri))
-    try:
-        return _retry(lambda: client.download_artifacts(run_id, path, folder), f"reading {path}")
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing file
-        if "not found" in str(exc).lower() or "no such file" in str(exc).lower() \
-                or isinstance(exc, (FileNotFoundError, OSError)):
-            return None
-        raise
+    parent = path.rsplit("/", 1)[0] if "/" in path else None
+    present = {a.path for a in _retry(lambda: client.list_artifacts(run_id, parent),
+                                      "listing artifacts")}
+    if path not in present:
+        return None
+    return _retry(lambda: client.download_artifacts(run_id, path, folder), f"reading {path}")
 
 
 def log_report(tracking_uri: str, run_id: str, folder: str, artifact_path: str = "report") -> None:

@@ -1,0 +1,537 @@
+"""`featloss report`: tables, the best-dimension rule and plots from a real MLflow SQLite store.
+
+The studies are written with featloss's own MLflow writer (`tracking.StudyTracker`, the object a
+study logs through, so tags, params, per-epoch metrics and ``features.npz`` are exactly what a
+study produces) with hand-chosen metric values, and read back with the real `MlflowClient`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.text import Annotation
+from mlflow.tracking import MlflowClient
+
+from featloss import report as rp
+from featloss.config import Config
+from featloss.errors import ConfigError
+from featloss.hpo import resolved_params
+from featloss.tracking import StudyTracker, study_runs
+from featloss.yamlio import dump_yaml
+
+# -- building a study in MLflow --------------------------------------------------------------------
+
+# test/accuracy per (loss, feature_dim, dropout): one value per seed 0, 1; a string is the status
+GRID_ACC = {
+    ("softmax", 2, 0.0): [0.60, 0.64], ("softmax", 2, 0.5): [0.58, 0.62],
+    ("softmax", 9, 0.0): [0.90, 0.94], ("softmax", 9, 0.5): [0.91, 0.95],
+    ("softmax", 16, 0.0): [0.91, 0.97], ("softmax", 16, 0.5): [0.94, "diverged"],
+    ("pod", 2, 0.0): [0.70, 0.72], ("pod", 2, 0.5): [0.69, 0.71],
+    ("pod", 9, 0.0): [0.97, "failed"], ("pod", 9, 0.5): [0.96, 0.98],
+    ("pod", 16, 0.0): [0.95, 0.97], ("pod", 16, 0.5): [0.94, 0.96],
+}
+GRID_STUDY = {"name": "dims", "data": {"dataset": "digits"},
+              "model": {"backbone": "small_cnn"}, "losses": ["softmax", "pod"],
+              "grid": {"model.feature_dim": [2, 9, 16], "model.dropout": [0.0, 0.5]},
+              "seeds": [0, 1]}
+FEATURES_A = np.array([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]], dtype=np.float32)
+FEATURES_B = np.array([[3.0, 1.0], [-2.0, 0.5], [0.5, -4.0], [1.0, 1.0]], dtype=np.float32)
+
+
+def metrics_for(acc: float, dim: int, seed: int) -> dict:
+    return {"test/accuracy": acc, "val/accuracy": acc - 0.01,
+            "feat/intra_class_std": dim / 10 + seed, "feat/mean_angle_deg": 30.0 + 2 * seed,
+            "feat/min_interclass_angle_deg": 60.0 + dim}
+
+
+def flat_params(loss_name: str, seed: int, dataset: str = "digits", **sections) -> dict:
+    """The params a study logs for this config (`hpo.resolved_params`)."""
+    raw = {"data": {"dataset": dataset, **sections.get("data", {})},
+           "model": {"backbone": "small_cnn", **sections.get("model", {})},
+           "loss": {"name": loss_name, **sections.get("loss", {})},
+           "train": sections.get("train", {}), "seed": seed}
+    return resolved_params(Config.from_dict(raw))
+
+
+def add_trial(tracker: StudyTracker, key: str, phase: str, seed: int, params: dict,
+              status: str, metrics: dict | None, features: dict | None = None) -> str:
+    """One child run exactly as a study logs it: 2 epochs, final metrics on the last one."""
+    import torch
+
+    run_id = tracker.start_child(key, phase, seed, params)
+    if metrics is not None:
+        # epoch 1 carries different values: the report must use the last epoch's
+        tracker.log_epoch(key, {k: v / 2 for k, v in metrics.items()}, step=1)
+        tracker.log_epoch(key, metrics, step=2)
+    if features is not None:
+        tracker.log_features(key, {k: torch.as_tensor(v) for k, v in features.items()})
+    if status != "running":
+        tracker.finish_child(key, status)
+    return run_id
+
+
+def build_grid_study(uri: str) -> StudyTracker:
+    tracker = StudyTracker(uri, "dims")
+    plan = {"study": "dims", "mode": "grid", "smoke": False,
+            "grid_trials": [{"key": str(i)} for i in range(24)], "searches": []}
+    tracker.start_parent(dump_yaml(GRID_STUDY), plan, {"mode": "grid", "smoke": "False"})
+    for (loss, dim, dropout), values in GRID_ACC.items():
+        for seed, value in enumerate(values):
+            params = flat_params(loss, seed, model={"feature_dim": dim, "dropout": dropout})
+            key = f"grid-{loss}-feature_dim={dim}-dropout={dropout}-s{seed}"
+            features = None
+            if (loss, dim, dropout, seed) == ("softmax", 2, 0.0, 1):
+                features = {"features": FEATURES_A, "labels": np.array([0, 1, 2]),
+                            "class_vectors": np.eye(3, 2, dtype=np.float32)}
+            if (loss, dim, dropout, seed) == ("softmax", 2, 0.5, 0):
+                features = {"features": FEATURES_B, "labels": np.array([0, 1, 1, 0]),
+                            "class_vectors": np.array([[1.0, 0.0], [0.0, -0.5]], np.float32)}
+            if isinstance(value, str):
+                add_trial(tracker, key, "grid", seed, params, value, None)
+            else:
+                add_trial(tracker, key, "grid", seed, params, "completed",
+                          metrics_for(value, dim, seed), features)
+    tracker.finish_parent("FINISHED")
+    return tracker
+
+
+@pytest.fixture
+def grid_study(tracking_uri):
+    """A fresh copy per test (for tests that check what gets logged)."""
+    return build_grid_study(tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def shared_grid(mlflow_template, tmp_path_factory) -> tuple[str, StudyTracker]:
+    """One grid study for the tests that only read it (or log nothing they check)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("report_grid") / "mlflow.db"
+    shutil.copy(mlflow_template, path)
+    uri = f"sqlite:///{path}"
+    return uri, build_grid_study(uri)
+
+
+def row_of(table: pd.DataFrame, **values) -> pd.Series:
+    mask = pd.Series(True, index=table.index)
+    for key, value in values.items():
+        mask &= table[key.replace("__", ".")] == value
+    assert mask.sum() == 1, f"{values}: {mask.sum()} rows"
+    return table[mask].iloc[0]
+
+
+def grid_table(uri: str) -> tuple[pd.DataFrame, rp.StudyInfo]:
+    parents, trials = study_runs(uri, "dims")
+    info = rp.study_info("dims", parents[0], dump_yaml(GRID_STUDY), None)
+    return rp.summary_table(trials, info), info
+
+
+# -- the summary table -----------------------------------------------------------------------------
+
+def test_summary_table_numbers_by_hand(shared_grid):
+    table, info = grid_table(shared_grid[0])
+    assert info.mode == "grid" and info.grid_keys == ["model.feature_dim", "model.dropout"]
+    assert len(table) == 12
+    assert list(table["loss"][:6]) == ["softmax"] * 6  # the study's loss order, then the grid's
+    assert [(r["model.feature_dim"], r["model.dropout"]) for _, r in table[:3].iterrows()] == [
+        (2, 0.0), (2, 0.5), (9, 0.0)]
+
+    cell = row_of(table, loss="softmax", model__feature_dim=16, model__dropout=0.0)
+    assert cell["test/accuracy mean"] == pytest.approx(0.94)
+    assert cell["test/accuracy std"] == pytest.approx(math.sqrt(2 * 0.03 ** 2))  # ddof = 1
+    assert cell["test/accuracy n"] == 2 and cell["n"] == 2
+    assert cell["val/accuracy mean"] == pytest.approx(0.93)  # the last epoch, not epoch 1
+    assert cell["feat/intra_class_std mean"] == pytest.approx(2.1)  # (1.6 + 2.6) / 2
+    assert cell["feat/intra_class_std std"] == pytest.approx(math.sqrt(0.5))
+    assert cell["feat/mean_angle_deg mean"] == pytest.approx(31.0)
+    assert cell["feat/min_interclass_angle_deg mean"] == pytest.approx(76.0)
+    assert cell["feat/min_interclass_angle_deg std"] == pytest.approx(0.0)
+    assert (cell["failed"], cell["diverged"]) == (0, 0)
+
+    diverged = row_of(table, loss="softmax", model__feature_dim=16, model__dropout=0.5)
+    assert diverged["n"] == 1 and diverged["diverged"] == 1 and diverged["failed"] == 0
+    assert diverged["test/accuracy mean"] == pytest.approx(0.94)
+    assert math.isnan(diverged["test/accuracy std"])  # one seed: no std
+    failed = row_of(table, loss="pod", model__feature_dim=9, model__dropout=0.0)
+    assert (failed["n"], failed["failed"], failed["diverged"]) == (1, 1, 0)
+    assert failed["test/accuracy mean"] == pytest.approx(0.97)
+
+    shown = rp.display_summary(table)
+    text = shown.to_markdown(index=False)
+    assert "0.9400 ± 0.0424" in text  # softmax d=16 dropout 0
+    line = row_of(shown, loss="softmax", model__feature_dim=16, model__dropout=0.5)
+    assert line["test/accuracy"] == "0.9400"  # n = 1 shows the mean only
+
+
+def test_summary_counts_only_finished_trials_and_the_right_phase(tracking_uri):
+    tracker = StudyTracker(tracking_uri, "mixed")
+    study = {"name": "mixed", "losses": ["softmax", "center"], "seeds": [0, 1, 2]}
+    tracker.start_parent(dump_yaml(study), {"grid_trials": [{}] * 6, "searches": []},
+                         {"mode": "grid"})
+    for seed, (status, acc) in enumerate([("completed", 0.5), ("running", 0.9),
+                                          ("stopped", 0.1)]):
+        add_trial(tracker, f"grid-softmax-s{seed}", "grid", seed, flat_params("softmax", seed),
+                  status, metrics_for(acc, 16, seed))
+    add_trial(tracker, "grid-center-s0", "grid", 0, flat_params("center", 0), "running",
+              metrics_for(0.7, 16, 0))  # unfinished: no row at all
+    add_trial(tracker, "search-center-s1", "search", 1, flat_params("center", 1), "completed",
+              metrics_for(0.7, 16, 1))  # another phase: not part of a grid study's table
+    parents, trials = study_runs(tracking_uri, "mixed")
+    info = rp.study_info("mixed", parents[0], dump_yaml(study), None)
+    table = rp.summary_table(trials, info)
+    assert list(table["loss"]) == ["softmax"]
+    assert table["n"][0] == 1 and table["test/accuracy mean"][0] == pytest.approx(0.5)
+    note, finished, total = rp.partial_note(parents[0], trials, 6)
+    assert (note, finished, total) == ("partial: 3 of 6 trials finished", 3, 6)
+
+
+# -- the best feature dimension rule ---------------------------------------------------------------
+
+def test_best_dim_picks_a_smaller_dim_within_one_standard_error():
+    # best: d=16, mean 0.75, std 0.5, n=4 -> se 0.25 -> threshold 0.5; d=8 (0.5) qualifies
+    best = rp.best_feature_dim([(4, 0.25, 0.1, 4), (8, 0.5, 0.1, 4), (16, 0.75, 0.5, 4),
+                                (32, 0.625, 0.1, 4)])
+    assert best.feature_dim == 8 and best.mean == 0.5
+    assert best.best_dim == 16 and best.threshold == pytest.approx(0.5)
+
+
+def test_best_dim_keeps_the_argmax_when_nothing_smaller_is_close_enough():
+    # se = 0.25/√4 = 0.125 -> threshold 0.625; d=8 at 0.5 is outside; a larger dim inside is
+    # not a smaller one
+    best = rp.best_feature_dim([(4, 0.25, 0.1, 4), (8, 0.5, 0.1, 4), (16, 0.75, 0.25, 4),
+                                (32, 0.7, 0.1, 4)])
+    assert best.feature_dim == 16 == best.best_dim
+    assert best.threshold == pytest.approx(0.625)
+
+
+def test_best_dim_one_seed_has_no_standard_error():
+    # n = 1: se is 0 even with a std given, so a cell 1e-9 below the best is not chosen
+    best = rp.best_feature_dim([(2, 0.8 - 1e-9, math.nan, 1), (8, 0.8, 0.3, 1)])
+    assert best.feature_dim == 8 and best.threshold == 0.8
+    assert rp.best_feature_dim([(2, math.nan, math.nan, 0)]) is None
+
+
+def test_best_dims_table_per_loss_and_other_grid_key(shared_grid):
+    table, info = grid_table(shared_grid[0])
+    best = rp.best_dims_table(table, info)
+    picks = {(r["loss"], r["model.dropout"]): (r["best feature_dim"], r["argmax feature_dim"])
+             for _, r in best.iterrows()}
+    assert picks == {
+        ("softmax", 0.0): (9, 16),   # 0.92 >= 0.94 - 0.0424/√2 = 0.91
+        ("softmax", 0.5): (16, 16),  # the best cell has n = 1: nothing below 0.94 counts
+        ("pod", 0.0): (9, 9),        # argmax at n = 1
+        ("pod", 0.5): (9, 9),        # 0.95 < 0.97 - 0.01
+    }
+
+
+# -- plots -----------------------------------------------------------------------------------------
+
+def errorbar_series(ax) -> dict[str, tuple[list, list, list]]:
+    """label -> (x, y, error half-widths) of every errorbar series on the axes."""
+    out = {}
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            line, _, bars = c.lines
+            segments = bars[0].get_segments()
+            out[c.get_label()] = (list(line.get_xdata()), list(line.get_ydata()),
+                                  [float(s[1][1] - s[0][1]) / 2 for s in segments])
+    return out
+
+
+def hand_record(loss: str, seed: int, acc: float, dim: int, status: str = "completed",
+                phase: str = "grid", **params) -> dict:
+    """A trial record as tracking.run_record returns it (for plots that need no MLflow)."""
+    flat = {"loss": loss, "model.feature_dim": str(dim), "data.dataset": "digits",
+            "data.classes": "None", **{k: str(v) for k, v in params.items()}}
+    return {"run_id": f"{loss}-{dim}-{seed}-{params}", "name": "", "start_time": 0,
+            "params": flat, "tags": {"loss": loss, "seed": str(seed), "status": status,
+                                     "phase": phase, "feature_dim": str(dim)},
+            "metrics": metrics_for(acc, dim, seed), "status": "FINISHED"}
+
+
+def test_accuracy_vs_feature_dim_one_series_per_loss_log_x_and_k_minus_1():
+    records = [hand_record(loss, s, acc + 0.02 * s, d)
+               for loss, base in (("softmax", 0.5), ("pod", 0.6))
+               for d, acc in ((2, base), (9, base + 0.2), (64, base + 0.1)) for s in (0, 1)]
+    info = rp.StudyInfo("sweep", "grid", ["softmax", "pod"], ["model.feature_dim"], [0, 1])
+    table = rp.summary_table(records, info)
+    fig = rp.plot_accuracy_vs_feature_dim(table, {None: 10}, None, info.grid_keys,
+                                          partial="partial: 3 of 5 trials finished")
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    series = errorbar_series(ax)
+    assert set(series) == {"softmax", "pod"}
+    x, y, err = series["pod"]
+    assert x == [2, 9, 64]
+    assert y == pytest.approx([0.61, 0.81, 0.71])
+    assert err == pytest.approx([math.sqrt(2) * 0.01] * 3)  # std of (a, a + 0.02)
+    (k_line,) = [line for line in ax.get_lines() if line.get_label() == "k−1"]
+    assert list(k_line.get_xdata()) == [9, 9]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "9", "64"]
+    assert "test accuracy" in ax.get_ylabel() and "feature dimension" in ax.get_xlabel()
+    assert "partial: 3 of 5 trials finished" in ax.get_title()
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"softmax", "pod", "k−1"}
+
+
+def test_accuracy_vs_feature_dim_one_panel_per_class_count():
+    records = [hand_record("softmax", s, 0.5 + d / 100 + k / 1000, d, **{"data.classes": k})
+               for k in (5, 10) for d in (2, 4, 8) for s in (0, 1)]
+    info = rp.StudyInfo("k", "grid", ["softmax"], ["data.classes", "model.feature_dim"], [0, 1])
+    table = rp.summary_table(records, info)
+    fig = rp.plot_accuracy_vs_feature_dim(table, {5: 5, 10: 10}, "data.classes", info.grid_keys)
+    assert len(fig.axes) == 2
+    for ax, k in zip(fig.axes, (5, 10)):
+        assert ax.get_xscale() == "log" and f"k = {k}" in ax.get_title()
+        (k_line,) = [line for line in ax.get_lines() if line.get_label() == "k−1"]
+        assert k_line.get_xdata()[0] == k - 1
+        (series,) = errorbar_series(ax).values()
+        assert series[1] == pytest.approx([0.5 + d / 100 + k / 1000 for d in (2, 4, 8)])
+
+
+def test_dropout_bars_with_augment_panels():
+    records = [hand_record(loss, s, base + p / 10 + (0.05 if aug else 0) + 0.02 * s, 16,
+                           **{"model.dropout": p, "data.augment": aug})
+               for loss, base in (("softmax", 0.5), ("encm", 0.6)) for p in (0.0, 0.3, 0.6)
+               for aug in (False, True) for s in (0, 1)]
+    info = rp.StudyInfo("drop", "grid", ["softmax", "encm"], ["model.dropout", "data.augment"],
+                        [0, 1])
+    table = rp.summary_table(records, info)
+    fig = rp.plot_dropout(table, "data.augment", info.grid_keys)
+    assert len(fig.axes) == 2
+    for ax, aug in zip(fig.axes, (False, True)):
+        assert f"augment={aug}" in ax.get_title()
+        bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+        assert [b.get_label() for b in bars] == ["dropout=0", "dropout=0.3", "dropout=0.6"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["softmax", "encm"]
+        for bar, p in zip(bars, (0.0, 0.3, 0.6)):
+            heights = [patch.get_height() for patch in bar.patches]
+            expected = [base + p / 10 + (0.05 if aug else 0) + 0.01 for base in (0.5, 0.6)]
+            assert heights == pytest.approx(expected)
+            segments = bar.errorbar.lines[2][0].get_segments()
+            assert [s[1][1] - s[0][1] for s in segments] == pytest.approx(
+                [2 * math.sqrt(2) * 0.01] * 2)
+
+
+def test_heatmap_values(shared_grid):
+    table, info = grid_table(shared_grid[0])
+    fig = rp.plot_heatmap(table, "softmax", "model.feature_dim", "model.dropout")
+    ax = fig.axes[0]
+    values = np.ma.filled(ax.images[0].get_array(), np.nan)
+    assert values == pytest.approx(np.array([[0.62, 0.60], [0.92, 0.93], [0.94, 0.94]]))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["2", "9", "16"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.5"]
+    assert {t.get_text() for t in ax.texts} >= {"0.620", "0.930", "0.940"}
+    assert ax.get_xlabel() == "model.dropout" and ax.get_ylabel() == "model.feature_dim"
+
+
+def test_features_2d_scatter_and_class_vectors():
+    labels = np.array([0, 1, 1, 0])
+    fig = rp.plot_features_2d(FEATURES_B, labels, np.array([[1.0, 0.0], [0.0, -0.5]]), "pod")
+    ax = fig.axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert sorted(map(tuple, points)) == sorted(map(tuple, FEATURES_B.tolist()))
+    assert len(ax.collections) == 2  # one colour per class
+    arrows = [t for t in ax.texts if isinstance(t, Annotation)]
+    assert len(arrows) == 2
+    reach = np.linalg.norm(FEATURES_B, axis=1).max()  # the longest vector reaches this far
+    assert [a.xyann for a in arrows] == [(0.0, 0.0)] * 2
+    assert arrows[0].xy == pytest.approx((reach, 0.0))
+    assert arrows[1].xy == pytest.approx((0.0, -reach / 2))
+    assert ax.get_xlim()[1] >= reach and ax.get_ylim()[0] <= -reach / 2  # arrows in view
+    empty = rp.plot_features_2d(FEATURES_A, np.array([0, 1, 2]), np.zeros((0, 2)), "softmax")
+    assert not [t for t in empty.axes[0].texts if isinstance(t, Annotation)]
+
+
+# -- search studies and partial reports ------------------------------------------------------------
+
+SEARCH_STUDY = {"name": "cmp", "data": {"dataset": "digits"}, "model": {"feature_dim": 2},
+                "losses": ["softmax", "pod"], "seeds": [0, 1],
+                "search": {"trials_per_loss": 3, "metric": "val/accuracy"}}
+POD_TRIALS = pd.DataFrame({"number": [0, 1, 2], "value": [0.5, 0.8, 0.7],
+                           "params_loss__lam": [1.0, 0.3, 2.0],
+                           "state": ["COMPLETE", "COMPLETE", "COMPLETE"]})
+SOFTMAX_TRIALS = pd.DataFrame({"number": [0, 1, 2, 3], "value": [0.6, math.nan, 0.4, 0.9],
+                               "params_train__lr": [0.1, 0.5, 0.01, 0.05],
+                               "state": ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]})
+
+
+def build_search_study(uri: str) -> StudyTracker:
+    """Search phase done, final phase: pod seed 1 still running; the parent is RUNNING."""
+    tracker = StudyTracker(uri, "cmp")
+    plan = {"study": "cmp", "mode": "search", "smoke": False, "grid_trials": [],
+            "searches": [{"loss": "softmax", "trials": 3, "space": {"train.lr": {}}},
+                         {"loss": "pod", "trials": 3, "space": {"loss.lam": {}}}]}
+    tracker.start_parent(dump_yaml(SEARCH_STUDY), plan, {"mode": "search", "smoke": "False"})
+    tracker.log_text(SOFTMAX_TRIALS.to_csv(index=False), "optuna/softmax_trials.csv")
+    tracker.log_text(POD_TRIALS.to_csv(index=False), "optuna/pod_trials.csv")
+    tracker.log_text(json.dumps({"loss.lam": 0.7, "train.lr": 0.3}), "optuna/pod_importance.json")
+    for loss, number, extra in [("softmax", n, {"train": {"lr": lr}}) for n, lr in
+                                enumerate([0.1, 0.01, 0.05])] + \
+                               [("pod", n, {"loss": {"lam": lam}}) for n, lam in
+                                enumerate([1.0, 0.3, 2.0])]:
+        add_trial(tracker, f"search-{loss}-{number}", "search", 0,
+                  flat_params(loss, 0, model={"feature_dim": 2}, **extra), "completed",
+                  {"val/accuracy": 0.5})
+    finals = [("softmax", 0, "completed", 0.88), ("softmax", 1, "completed", 0.92),
+              ("pod", 0, "completed", 0.95), ("pod", 1, "running", 0.99)]
+    for loss, seed, status, acc in finals:
+        extra = {"train": {"lr": 0.05}} if loss == "softmax" else {"loss": {"lam": 0.3}}
+        features = {"features": FEATURES_A, "labels": np.array([0, 1, 2]),
+                    "class_vectors": np.eye(3, 2, dtype=np.float32)} if loss == "pod" else None
+        add_trial(tracker, f"final-{loss}-s{seed}", "final", seed,
+                  flat_params(loss, seed, model={"feature_dim": 2}, **extra), status,
+                  metrics_for(acc, 2, seed), features)
+    return tracker
+
+
+def test_search_history_and_importance_plots():
+    fig = rp.plot_search_history(SOFTMAX_TRIALS, "softmax", partial="partial: 1 of 2 trials "
+                                                                    "finished")
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["trial"].get_xdata()) == [0, 2, 3]  # the failed trial is left out
+    assert list(lines["trial"].get_ydata()) == [0.6, 0.4, 0.9]
+    assert list(lines["best so far"].get_ydata()) == [0.6, 0.6, 0.9]
+    assert "partial" in ax.get_title() and ax.get_xlabel() == "Optuna trial number"
+    low = rp.plot_search_history(SOFTMAX_TRIALS, "softmax", mode="min").axes[0]
+    assert list([line for line in low.get_lines() if line.get_label() == "best so far"][0]
+                .get_ydata()) == [0.6, 0.4, 0.4]
+
+    fig = rp.plot_importance({"loss.lam": 0.7, "train.lr": 0.2, "model.feature_dim": 0.1}, "pod")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["model.feature_dim", "train.lr",
+                                                            "loss.lam"]
+    assert [p.get_width() for p in ax.patches] == pytest.approx([0.1, 0.2, 0.7])
+
+
+def test_search_study_report_is_partial(tracking_uri, tmp_path):
+    tracker = build_search_study(tracking_uri)
+    report = rp.build_report(tracking_uri, "cmp", str(tmp_path / "out"))
+    assert report.partial == "partial: 9 of 10 trials finished"
+    table = report.table
+    assert list(table["loss"]) == ["softmax", "pod"]
+    assert list(table["selected"]) == ["train.lr=0.05", "loss.lam=0.3"]
+    assert list(table["n"]) == [2, 1]  # pod seed 1 is still running
+    assert table["test/accuracy mean"].tolist() == pytest.approx([0.90, 0.95])
+    files = set(report.files)
+    assert {"search_history_softmax.png", "search_history_pod.png", "importance_pod.png",
+            "features_2d_pod.png"} <= files
+    assert "importance_softmax.png" not in files and "accuracy_vs_feature_dim.png" not in files
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "partial: 9 of 10 trials finished" in "\n".join(text.splitlines()[:3])
+    client = MlflowClient(tracking_uri=tracking_uri)
+    logged = {Path(a.path).name for a in client.list_artifacts(tracker.parent_run_id, "report")}
+    assert logged == files
+    # once the last trial and the parent finish, the same report is complete
+    tracker.finish_child("final-pod-s1", "completed")
+    tracker.finish_parent("FINISHED")
+    again = rp.build_report(tracking_uri, "cmp", str(tmp_path / "out2"))
+    assert again.partial == "" and list(again.table["n"]) == [2, 2]
+    assert "partial" not in (tmp_path / "out2" / "report.md").read_text()
+
+
+# -- the command, end to end -----------------------------------------------------------------------
+
+def test_cmd_report_end_to_end(grid_study, tracking_uri, tmp_path, capsys, monkeypatch):
+    drawn = []
+    real = rp.plot_features_2d
+
+    def spy(features, labels, vectors, loss, partial="", run=""):
+        drawn.append((loss, np.asarray(features).tolist(), np.asarray(vectors).tolist(), run))
+        return real(features, labels, vectors, loss, partial, run)
+
+    monkeypatch.setattr(rp, "plot_features_2d", spy)
+    out = tmp_path / "report"
+    args = argparse.Namespace(study="dims", out=str(out), tracking_uri=tracking_uri, parent=None)
+    assert rp.cmd_report(args) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "0.9400 ± 0.0424" in printed and "partial" not in printed
+
+    expected = {"summary.md", "summary.csv", "summary.parquet", "report.md",
+                "accuracy_vs_feature_dim.png", "dropout.png", "heatmap_softmax.png",
+                "heatmap_pod.png", "features_2d_softmax.png"}
+    assert {p.name for p in out.iterdir()} == expected
+    for name in expected:
+        assert (out / name).stat().st_size > 0
+    client = MlflowClient(tracking_uri=tracking_uri)
+    logged = {a.path for a in client.list_artifacts(grid_study.parent_run_id, "report")}
+    assert logged == {f"report/{name}" for name in expected}
+
+    csv = pd.read_csv(out / "summary.csv")
+    parquet = pd.read_parquet(out / "summary.parquet")
+    for frame in (csv, parquet):
+        assert len(frame) == 12
+        cell = row_of(frame, loss="pod", model__feature_dim=16, model__dropout=0.5)
+        assert cell["test/accuracy mean"] == pytest.approx(0.95)
+        assert cell["test/accuracy std"] == pytest.approx(math.sqrt(2) * 0.01)
+        assert cell["n"] == 2
+    assert "0.9400 ± 0.0424" in (out / "summary.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "within one standard error" in text and "## Best feature dimension per loss" in text
+    assert "![dropout](dropout.png)" in text and "partial" not in text
+    assert text.index("## Summary") < text.index("## Best feature dimension")
+
+    # features_2d: the lowest seed with features (seed 0, dropout 0.5), not seed 1
+    assert drawn == [("softmax", FEATURES_B.tolist(), [[1.0, 0.0], [0.0, -0.5]],
+                      "grid-softmax-feature_dim=2-dropout=0.5-s0")]
+    from PIL import Image
+
+    with Image.open(out / "features_2d_softmax.png") as image:
+        assert image.info.get("dpi", (rp.DPI, rp.DPI))[0] == pytest.approx(rp.DPI, abs=1)
+
+
+def test_parent_option_and_bad_input(shared_grid, tmp_path):
+    tracking_uri, grid_study = shared_grid
+    report = rp.build_report(tracking_uri, "dims", str(tmp_path / "a"),
+                             parent_run_id=grid_study.parent_run_id)
+    assert report.parent_run_id == grid_study.parent_run_id
+    with pytest.raises(ConfigError, match="not a run of study 'dims'"):
+        rp.build_report(tracking_uri, "dims", str(tmp_path / "b"), parent_run_id="abc123")
+    with pytest.raises(ConfigError, match="no MLflow experiment named 'nope'"):
+        rp.cmd_report(argparse.Namespace(study="nope", out=str(tmp_path / "c"),
+                                         tracking_uri=tracking_uri, parent=None))
+    MlflowClient(tracking_uri=tracking_uri).create_experiment(
+        "empty", artifact_location=str(tmp_path / "mlruns"))
+    with pytest.raises(ConfigError, match="study 'empty' has no runs"):
+        rp.build_report(tracking_uri, "empty", str(tmp_path / "d"))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+
+
+def test_grid_key_missing_for_a_loss_is_a_dash_and_parquet_still_writes(tmp_path):
+    records = [hand_record("softmax", s, 0.5, 16) for s in (0, 1)]
+    records += [hand_record("center", s, 0.6 + lam / 10, 16, **{"loss.lam": lam})
+                for lam in (0.1, 1.0) for s in (0, 1)]
+    info = rp.StudyInfo("lam", "grid", ["softmax", "center"], ["loss.lam"], [0, 1])
+    table = rp.summary_table(records, info)
+    assert list(zip(table["loss"], table["loss.lam"])) == [("softmax", "-"), ("center", 0.1),
+                                                          ("center", 1.0)]
+    rp._parquet_ready(table).to_parquet(tmp_path / "t.parquet")
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    assert list(back["loss.lam"]) == ["-", "0.1", "1"]
+    assert back["test/accuracy mean"].tolist() == pytest.approx([0.5, 0.61, 0.7])
+
+
+def test_missing_database_is_bad_input(tmp_path):
+    with pytest.raises(ConfigError, match="no MLflow database"):
+        rp.build_report(f"sqlite:///{tmp_path}/absent.db", "dims", str(tmp_path / "out"))
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_parser_defaults():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    rp.add_parser(sub)
+    args = parser.parse_args(["report", "dims"])
+    assert (args.command, args.study, args.out, args.tracking_uri, args.parent) == (
+        "report", "dims", None, None, None)
+    args = parser.parse_args(["report", "dims", "--out", "x", "--parent", "r1",
+                              "--tracking-uri", "sqlite:///m.db"])
+    assert (args.out, args.parent, args.tracking_uri) == ("x", "r1", "sqlite:///m.db")
