@@ -90,12 +90,14 @@ def featloss_trial(params: dict) -> None:
 
     def report(metrics: dict, state) -> None:
         nonlocal saved_epoch
-        if metrics.get("epoch", 0) != saved_epoch:  # a finished trial re-reports without saving
-            snapshot = state()
-            storage.save_trial_state(checkpoint_uri, snapshot)
-            saved_epoch = metrics.get("epoch", 0)
-            if metrics.get("status") == "completed" and "val_features" in snapshot:
-                storage.save_trial_state(features_uri(checkpoint_uri), snapshot["val_features"])
+        if metrics.get("epoch", 0) == saved_epoch:  # a finished trial re-reports: nothing trained
+            _report({**metrics, "replayed": 1})
+            return
+        snapshot = state()
+        storage.save_trial_state(checkpoint_uri, snapshot)
+        saved_epoch = metrics.get("epoch", 0)
+        if metrics.get("status") == "completed" and "val_features" in snapshot:
+            storage.save_trial_state(features_uri(checkpoint_uri), snapshot["val_features"])
         _report(metrics)
 
     def _report(metrics: dict) -> None:
@@ -108,7 +110,7 @@ def featloss_trial(params: dict) -> None:
     if resume is not None and resume.get("status") == "running" and resume.get("metrics"):
         # The checkpoint may be newer than anything the driver logged (it is written before the
         # report, and the driver can die in between): replay that epoch; MLflow keeps it once.
-        _report(dict(resume["metrics"]))
+        _report({**resume["metrics"], "replayed": 1})
     fit(config, report, resume=resume)
 
 
@@ -423,7 +425,9 @@ def _start_ray(address: str | None) -> bool:
             raise ConfigError(f"--address {address}: cannot join the Ray cluster "
                               f"({str(exc).splitlines()[0]})") from exc
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local": always a fresh local Ray; a bare ray.init() would join any cluster a
+        # `ray start` left recorded on this machine, even a dead one.
+        ray.init(address="local", include_dashboard=False, **kwargs)
     return True
 
 
