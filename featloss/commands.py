@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from featloss.errors import ConfigError
@@ -130,6 +131,10 @@ def _execute(plan, options, results_dir: str | None) -> int:
     try:
         outcome = run_study(plan, options, results_dir)
     except StudyInterrupted as stop:
+        if stop.reason:  # the study stopped itself, cleanly
+            print(f"featloss: study stopped: {stop.reason}; resume with: featloss resume "
+                  f"{stop.results_dir}", file=sys.stderr, flush=True)
+            return 75  # EX_TEMPFAIL: try again later
         print(f"featloss: interrupted; resume with: featloss resume {stop.results_dir}", flush=True)
         return 130
     print(f"\nsummary of '{plan.study.name}' (mean ± std over seeds, n finished trials):")

@@ -33,7 +33,7 @@ from featloss import storage
 from featloss.config import Config
 from featloss.errors import ConfigError
 from featloss.study import Distribution, SearchPlan, StudyPlan, TrialSpec, final_trials, set_dotted
-from featloss.tracking import StudyTracker, check_reachable
+from featloss.tracking import StudyTracker, TrackingUnavailable, check_reachable
 from featloss.yamlio import dump_yaml
 
 # Keys of a trial's report that are metrics (Tune adds its own bookkeeping fields beside them).
@@ -42,11 +42,15 @@ PROGRESS_EVERY_S = float(os.environ.get("FEATLOSS_PROGRESS_SECONDS", "10"))
 
 
 class StudyInterrupted(Exception):
-    """The study stopped before every trial finished (Ctrl+C); `featloss resume` continues it."""
+    """The study stopped before every trial finished; `featloss resume` continues it.
 
-    def __init__(self, results_dir: str) -> None:
+    `reason` is None for Ctrl+C, else one line saying what stopped it (e.g. MLflow unreachable).
+    """
+
+    def __init__(self, results_dir: str, reason: str | None = None) -> None:
         super().__init__(results_dir)
         self.results_dir = results_dir
+        self.reason = reason
 
 
 @dataclass
@@ -488,14 +492,32 @@ def run_study(plan: StudyPlan, options: RunOptions, results_dir: str | None = No
         _save_state(results_dir, state)
         return StudyOutcome(results_dir, tracker.parent_run_id, tracker.uri, summary)
     except (KeyboardInterrupt, StudyInterrupted):
-        tracker.finish_parent("KILLED")
+        try:
+            tracker.finish_parent("KILLED")
+        except TrackingUnavailable:
+            pass  # the resume reopens it anyway
         raise StudyInterrupted(results_dir) from None
+    except Exception as exc:  # Tune re-raises a callback's error wrapped in its own types
+        unavailable = _cause(exc, TrackingUnavailable)
+        if unavailable is None:
+            raise
+        raise StudyInterrupted(results_dir, str(unavailable)) from None
     finally:
         _DRIVERS.pop("featloss", None)
         if owns_ray:
             import ray
 
             ray.shutdown()
+
+
+def _cause(exc: BaseException, kind: type) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _save_state(results_dir: str, state: dict) -> None:

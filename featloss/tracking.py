@@ -73,12 +73,18 @@ def _reason(exc: Exception) -> str:
     return str(reason).splitlines()[0]
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable beyond RETRY_SECONDS."""
+
+
 def _retry(call: Callable[[], Any], what: str) -> Any:
     """Run a tracking call, retrying connection failures for up to RETRY_SECONDS.
 
-    The MLflow client already retries HTTP errors a few times; this outer loop bridges a server
-    restart. If the server stays down the exception propagates and the study stops cleanly:
-    `featloss resume` then completes it, re-logging only what MLflow does not have.
+    The MLflow client itself retries each HTTP request with backoff
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES); this outer loop bridges longer outages such as a server
+    restart. Nothing is buffered in memory: the driver waits, and the trials keep training and
+    queue their results in Ray meanwhile. If the server stays down, TrackingUnavailable stops the
+    study cleanly; `featloss resume` then completes it, re-logging only what MLflow lacks.
     """
     deadline = time.monotonic() + RETRY_SECONDS
     delay = 0.5
@@ -86,8 +92,11 @@ def _retry(call: Callable[[], Any], what: str) -> Any:
         try:
             return call()
         except Exception as exc:  # noqa: BLE001 - the client raises many types on a dead server
-            if not _is_connection_error(exc) or time.monotonic() > deadline:
+            if not _is_connection_error(exc):
                 raise
+            if time.monotonic() > deadline:
+                raise TrackingUnavailable(f"MLflow unreachable for {RETRY_SECONDS:.0f} s while "
+                                          f"{what} ({_reason(exc)})") from exc
             print(f"featloss: MLflow unavailable while {what} ({_reason(exc)}); retrying",
                   flush=True)
             time.sleep(delay)

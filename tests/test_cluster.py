@@ -1,0 +1,257 @@
+"""Scaling out on one machine with real components.
+
+- several raylets (``ray.cluster_utils.Cluster``): trials land on several nodes; a worker node
+  crashes mid-study and its trials resume from their checkpoints elsewhere; fractional GPUs pack
+  four trials on one (declared) GPU;
+- separate processes: ``ray start --head`` and ``ray start --address`` on 127.0.0.1, joined by
+  ``featloss run --address``;
+- a real ``mlflow server`` on 127.0.0.1 receives a whole study over HTTP and is stopped and
+  restarted mid-study without losing a run or a metric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, tiny_study
+from featloss.yamlio import dump_yaml
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1", "FEATLOSS_PROGRESS_SECONDS": "2"}
+
+
+def scenario(name: str, workdir: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "cluster_scenarios.py"), name,
+                           str(workdir)], capture_output=True, text=True, env=env(), timeout=900)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_trials_land_on_several_nodes(tmp_path):
+    result = scenario("multi_node", tmp_path)
+    assert result["cluster_nodes"] == 3 and result["trials"] == 6
+    assert result["status"] == ["completed"]
+    assert len(result["nodes"]) >= 2  # node_id tags of the MLflow runs
+
+
+def test_a_crashed_node_costs_no_finished_epoch(tmp_path):
+    r = scenario("node_failure", tmp_path)
+    epochs = r["epochs"]
+    assert r["trials"] == 4 and set(r["status"].values()) == {"completed"}
+    assert all(steps == list(range(1, epochs + 1)) for steps in r["histories"].values())
+    # Tune's own per-result log of every trial that was on the crashed node when it died.
+    moved = {}
+    for key in r["status"]:
+        results = [json.loads(line) for line in
+                   (Path(r["results_dir"]) / "grid" / key / "result.json").open()]
+        nodes = [x["node_id"] for x in results]
+        if r["doomed"] in nodes and r["survivor"] in nodes:
+            moved[key] = results
+    assert r["victim"] in moved  # the trial running on the node when it was removed
+    for key, results in moved.items():
+        trained = [x["epoch"] for x in results if not x.get("replayed")]
+        replayed = [x["epoch"] for x in results if x.get("replayed")]
+        # every epoch trained exactly once: the move resumed from the last checkpoint
+        assert len(trained) == len(set(trained)), f"{key}: an epoch was trained twice: {trained}"
+        assert sorted(set(trained) | set(replayed)) == list(range(1, epochs + 1))
+        first_on_survivor = next(x for x in results if x["node_id"] == r["survivor"])
+        assert first_on_survivor.get("replayed")  # it started from its checkpointed epoch
+        assert r["final_node"][key] == r["survivor"]  # MLflow's node tag follows the move
+
+
+def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path):
+    result = scenario("gpu_packing", tmp_path)
+    assert result["trials"] == 4 and result["max_concurrent"] == 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_separate_ray_processes_run_one_study(tmp_path):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus=1", "--block", "--node-ip-address=127.0.0.1"]
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", f"--port={port}",
+                             "--include-dashboard=false", *common], env=env(),
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    worker = None
+    try:
+        wait_for(lambda: subprocess.run([str(BIN / "ray"), "status", f"--address={address}"],
+                                        capture_output=True, env=env()).returncode == 0,
+                 120, "the Ray head")
+        worker = subprocess.Popen([str(BIN / "ray"), "start", f"--address={address}", *common],
+                                  env=env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.STDOUT)
+        wait_for(lambda: "2.0 CPU" in subprocess.run(
+            [str(BIN / "ray"), "status", f"--address={address}"], capture_output=True,
+            text=True, env=env()).stdout, 120, "the worker to join")
+        study = tmp_path / "study.yaml"
+        study.write_text(dump_yaml(tiny_study("two-processes", seeds=[0, 1, 2, 3])))
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        proc = subprocess.run([sys.executable, "-m", "featloss", "run", str(study), "--address",
+                               address, "--tracking-uri", uri, "--storage",
+                               str(tmp_path / "results")], capture_output=True, text=True,
+                              env=env(), cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name("two-processes")
+        runs = [r for r in client.search_runs([exp.experiment_id], "")
+                if r.data.tags.get("featloss.role") == "trial"]
+        assert len(runs) == 4 and {r.data.tags["status"] for r in runs} == {"completed"}
+        assert len({r.data.tags["node_id"] for r in runs}) == 2
+    finally:
+        for p in (worker, head):
+            if p is not None:
+                stop(p)
+
+
+def start_mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
+         "--default-artifact-root", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], env=env(), start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT)
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def study_over_http(tmp_path: Path, name: str, port: int, extra_env: dict | None = None):
+    epochs, seeds = 4, list(range(6))
+    study = tmp_path / "study.yaml"
+    study.write_text(dump_yaml(tiny_study(name, seeds=seeds, train={"epochs": epochs},
+                                          data={"dataset": "mnist5k",
+                                                "max_train_samples": 1200})))
+    log = open(tmp_path / "run.log", "w")
+    run = subprocess.Popen([sys.executable, "-m", "featloss", "run", str(study),
+                            "--tracking-uri", f"http://127.0.0.1:{port}", "--storage",
+                            str(tmp_path / "results")], env={**env(), **(extra_env or {})},
+                           cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    return run, epochs, seeds
+
+
+def first_epoch_logged(client: MlflowClient, name: str) -> bool:
+    exp = client.get_experiment_by_name(name)
+    return exp is not None and any(
+        "epoch" in r.data.metrics for r in client.search_runs([exp.experiment_id], ""))
+
+
+def assert_nothing_lost(client: MlflowClient, name: str, epochs: int, seeds: list[int]) -> None:
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], "")
+    parents = [r for r in runs if r.data.tags.get("featloss.role") == "parent"]
+    trials = [r for r in runs if r.data.tags.get("featloss.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["featloss.trial_key"] for r in trials) == sorted(
+        f"grid-softmax-s{s}" for s in seeds)
+    for r in trials:
+        assert r.data.tags["status"] == "completed" and r.info.status == "FINISHED"
+        for key in ("epoch", "val/accuracy", "train/loss"):
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (r.info.run_name, key, steps)
+
+
+def test_mlflow_server_restart_mid_study_loses_nothing(tmp_path, mlflow_template):
+    """The server restarts while trials run: retries bridge the gap, the study completes."""
+    import shutil
+
+    db, artifacts, port = tmp_path / "server.db", tmp_path / "artifacts", free_port()
+    shutil.copy(mlflow_template, db)  # a migrated database: the server starts faster
+    server = start_mlflow_server(db, artifacts, port)
+    run = None
+    try:
+        wait_for(lambda: healthy(port), 180, "mlflow server")
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        run, epochs, seeds = study_over_http(tmp_path, "over-http", port)
+        wait_for(lambda: first_epoch_logged(client, "over-http"), 300, "the first logged epoch")
+        assert run.poll() is None  # the study is mid-way when ...
+        stop(server)  # ... the tracking server goes away
+        time.sleep(3)
+        assert run.poll() is None  # still running: trials train, the driver waits
+        server = start_mlflow_server(db, artifacts, port)  # ... and comes back
+        assert run.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        wait_for(lambda: healthy(port), 180, "mlflow server")
+        assert_nothing_lost(client, "over-http", epochs, seeds)
+    finally:
+        if run is not None and run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        stop(server)
+
+
+def test_mlflow_server_down_for_good_stops_cleanly_then_resume_completes(tmp_path,
+                                                                         mlflow_template):
+    """Beyond the retry window the study stops with one clear line; resume loses nothing."""
+    import shutil
+
+    db, artifacts, port = tmp_path / "server.db", tmp_path / "artifacts", free_port()
+    shutil.copy(mlflow_template, db)
+    server = start_mlflow_server(db, artifacts, port)
+    run = None
+    try:
+        wait_for(lambda: healthy(port), 180, "mlflow server")
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        short = {"FEATLOSS_MLFLOW_RETRY_SECONDS": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        run, epochs, seeds = study_over_http(tmp_path, "outage", port, short)
+        wait_for(lambda: first_epoch_logged(client, "outage"), 300, "the first logged epoch")
+        stop(server)
+        assert run.wait(timeout=300) == 75
+        log = (tmp_path / "run.log").read_text()
+        assert "featloss: study stopped: MLflow unreachable" in log and "Traceback" not in log
+        results = next((tmp_path / "results").iterdir())
+        assert f"resume with: featloss resume {results}" in log
+        server = start_mlflow_server(db, artifacts, port)
+        wait_for(lambda: healthy(port), 180, "mlflow server")
+        resumed = subprocess.run([sys.executable, "-m", "featloss", "resume", str(results)],
+                                 env=env(), cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert_nothing_lost(client, "outage", epochs, seeds)
+    finally:
+        if run is not None and run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        stop(server)
