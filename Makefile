@@ -17,6 +17,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/featloss run studies/quickstart.yaml
+	$(BIN)/featloss report quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

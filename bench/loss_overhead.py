@@ -77,8 +77,9 @@ def main() -> None:
         losses = {}
         for key in list_losses():
             torch.manual_seed(0)
-            losses[key] = (build_loss(key, num_classes=num_classes, feature_dim=D,
-                                      **variant(key, num_classes)).to(device), variant(key, num_classes))
+            hp = variant(key, num_classes)
+            losses[key] = (build_loss(key, num_classes=num_classes, feature_dim=D, **hp).to(device),
+                           hp)
         for loss, _ in losses.values():  # warm-up
             time_step(loss, features, labels, 2)
         times: dict[str, list[float]] = {key: [] for key in losses}

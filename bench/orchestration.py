@@ -96,7 +96,7 @@ def main() -> None:
     print(f"trial training time: mean {sum(trial_seconds) / len(runs):.2f} s "
           f"(alone in one process: {alone:.2f} s)")
     print(f"ideal (sum of trial times / slots): {ideal:.1f} s")
-    print(f"| measure | seconds | / ideal |\n|---|---|---|")
+    print("| measure | seconds | / ideal |\n|---|---|---|")
     print(f"| wall (study, Ray already up) | {study_wall:.1f} | {study_wall / ideal:.3f} |")
     total = ray_up + study_wall + ray_down
     print(f"| wall (incl. Ray start {ray_up:.1f} s and stop {ray_down:.1f} s) | {total:.1f} | "

@@ -62,7 +62,7 @@ def hand_loop_images_per_second(config: Config, epochs: int) -> float:
     generator = torch.Generator(device=device).manual_seed(0)
     model.train()
     rate = 0.0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = epoch_order(data.labels, BATCH, "random", splits.num_classes, generator)
         start = time.perf_counter()
         for idx in order:
@@ -88,10 +88,12 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     print(f"# featloss throughput: fit vs hand-written loop, softmax, mnist5k, batch {BATCH}")
-    print(f"# device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+    print(f"# device {device} ({name}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, commit {commit}")
-    print(f"| backbone | train images | fit img/s | hand loop img/s | fit / hand |")
-    print(f"|---|---|---|---|---|")
+    print("| backbone | train images | fit img/s | hand loop img/s | fit / hand |")
+    print("|---|---|---|---|---|")
     for backbone in args.backbones.split(","):
         samples = CPU_TRAIN_SAMPLES.get(backbone) if device.type == "cpu" else None
         config = make_config(backbone, str(device), samples, args.epochs)

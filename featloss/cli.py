@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any key, e.g. --set train.lr=0.01 --set loss.alpha=1.5")
     train.add_argument("--save-state", metavar="PATH", help="write the final training state here")
-    train.add_argument("--resume", metavar="PATH", help="continue from a state saved by --save-state")
+    train.add_argument("--resume", metavar="PATH",
+                       help="continue from a state saved by --save-state")
     train.add_argument("--json", action="store_true",
                        help="end stdout with one JSON object of the final metrics")
 
@@ -102,7 +103,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from featloss.data.prepare import prepare_dataset
 
         if args.data_command != "prepare":
-            raise ConfigError("featloss data: expected an action, e.g. featloss data prepare cifar10 "
+            raise ConfigError("featloss data: expected an action, e.g. "
+                              "featloss data prepare cifar10 "
                               "--root DIR")
         print(prepare_dataset(args.dataset, args.root))
         return 0

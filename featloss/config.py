@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from featloss.errors import ConfigError
-from featloss.yamlio import load_yaml
+from featloss.yamlio import load_yaml, read_yaml_file
 
 
 def _choices(*values: str) -> dict:
@@ -263,13 +263,7 @@ def set_path(raw: dict, path: str, value: Any, where: str) -> None:
 
 
 def load_config_file(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            data = load_yaml(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file") from exc
-    except Exception as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

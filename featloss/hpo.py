@@ -71,7 +71,7 @@ class StudyOutcome:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-# -- the trainable (runs in Ray workers) -------------------------------------------------------------
+# -- the trainable (runs in Ray workers) -----------------------------------------------------------
 
 def featloss_trial(params: dict) -> None:
     """Tune function trainable: one featloss trial, resumable from its checkpoint."""
@@ -129,7 +129,7 @@ def _with_resources(resources: dict[str, float]):
     return tune.with_resources(featloss_trial, {"cpu": resources["cpu"], "gpu": resources["gpu"]})
 
 
-# -- Optuna search, one per loss ---------------------------------------------------------------------
+# -- Optuna search, one per loss -------------------------------------------------------------------
 
 def _encode(key: str) -> str:
     return key.replace(".", "__")  # Tune nests names with '/' and '.'; Optuna names stay flat
@@ -185,7 +185,8 @@ class PerLossSearcher(_searcher_base()):  # type: ignore[misc]
             s.loss: OptunaSearch(
                 space={_encode(k): optuna_distribution(d) for k, d in s.space.items()},
                 metric=metric, mode=mode, sampler=_sampler(sampler, s.sampler_seed, s.space),
-                points_to_evaluate=[{_encode(k): v for k, v in s.start.items()}] if s.start else None)
+                points_to_evaluate=([{_encode(k): v for k, v in s.start.items()}]
+                                    if s.start else None))
             for s in searches if s.space}
         self._suggested = {loss: 0 for loss in self._order}
         self._loss_of: dict[str, str] = {}
@@ -197,10 +198,10 @@ class PerLossSearcher(_searcher_base()):  # type: ignore[misc]
         return True  # metric and mode are fixed at construction
 
     def suggest(self, trial_id: str):
-        open_losses = [l for l in self._order if self._suggested[l] < self._plans[l].trials]
+        open_losses = [x for x in self._order if self._suggested[x] < self._plans[x].trials]
         if not open_losses:
             return self.FINISHED
-        loss = min(open_losses, key=lambda l: (self._suggested[l], self._order.index(l)))
+        loss = min(open_losses, key=lambda x: (self._suggested[x], self._order.index(x)))
         params: dict[str, Any] = {}
         if loss in self._optuna:
             suggested = self._optuna[loss].suggest(trial_id)
@@ -251,7 +252,7 @@ class PerLossSearcher(_searcher_base()):  # type: ignore[misc]
             self.__dict__.update(pickle.load(fh))
 
 
-# -- driver-side callback: MLflow and progress ---------------------------------------------------------
+# -- driver-side callback: MLflow and progress -----------------------------------------------------
 
 _DRIVERS: dict[str, "_PhaseDriver"] = {}
 
@@ -381,7 +382,8 @@ class _PhaseDriver:
         elapsed = now - self.started
         finished_here = len(self.finished)
         left = self.total - self.done
-        eta = f", ~{_duration(elapsed / finished_here * left)} left" if finished_here and left > 0 else ""
+        eta = (f", ~{_duration(elapsed / finished_here * left)} left"
+               if finished_here and left > 0 else "")
         bad = [f"{n} {k}" for k, n in self.counts.items() if k in ("failed", "diverged") and n]
         best = " ".join(f"{loss} {value:.4f}" for loss, value in sorted(self.best.items()))
         print(f"[{self.phase} {self.done}/{self.total} done, {len(self.running)} running"
@@ -400,7 +402,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-# -- Ray set-up ---------------------------------------------------------------------------------------
+# -- Ray set-up ------------------------------------------------------------------------------------
 
 def _start_ray(address: str | None) -> bool:
     """Start or join Ray; returns True when this call started it (and should shut it down)."""
@@ -445,7 +447,7 @@ def _cluster_slots(resources: dict[str, float]) -> int:
     return max(1, min(slots))
 
 
-# -- the study ----------------------------------------------------------------------------------------
+# -- the study -------------------------------------------------------------------------------------
 
 def run_study(plan: StudyPlan, options: RunOptions, results_dir: str | None = None) -> StudyOutcome:
     """Run (or, with `results_dir`, resume) a study. Raises StudyInterrupted on Ctrl+C."""

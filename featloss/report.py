@@ -34,16 +34,19 @@ from featloss.errors import ConfigError
 
 METRICS = ["test/accuracy", "val/accuracy", "feat/intra_class_std", "feat/mean_angle_deg",
            "feat/min_interclass_angle_deg"]
-ACCURACY = "test/accuracy"  # what the plots and the best-dimension rule use
+ACCURACY = "test/accuracy"  # what the plots show
+SELECTION = "val/accuracy"  # what the best-dimension rule selects on: never the test set
 FEATURE_DIM, DROPOUT, AUGMENT, CLASSES = ("model.feature_dim", "model.dropout", "data.augment",
                                           "data.classes")
 FINISHED = {"completed", "diverged", "stopped", "failed"}
 MISSING = "-"  # a grid key that does not apply to a loss (e.g. loss.lam for softmax)
 DPI = 120
 DEFAULT_OUT = "featloss_report"
-BEST_DIM_RULE = ("the smallest feature dimension whose mean test accuracy (over seeds) is within "
-                 "one standard error of the best cell's mean: mean(d) >= best mean − std/√n of "
-                 "the best cell (0 when n = 1); the best cell is the one with the highest mean")
+BEST_DIM_RULE = ("the smallest feature dimension whose mean validation accuracy (over seeds) is "
+                 "within one standard error of the best cell's mean: mean(d) >= best mean − "
+                 "std/√n of the best cell (0 when n = 1); the best cell is the one with the "
+                 "highest mean. Selection uses validation accuracy only; the chosen dimension's "
+                 "test accuracy is reported beside it")
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
@@ -328,17 +331,22 @@ def best_dims_table(table, info: StudyInfo):
     others = [k for k in info.grid_keys if k != FEATURE_DIM]
     rows = []
     seen: dict[tuple, list] = {}
+    tests: dict[tuple, tuple] = {}
     for _, r in table.iterrows():
         if r[FEATURE_DIM] == MISSING:
             continue
         seen.setdefault((r["loss"], *(r[k] for k in others)), []).append(
-            (r[FEATURE_DIM], r[f"{ACCURACY} mean"], r[f"{ACCURACY} std"], r[f"{ACCURACY} n"]))
+            (r[FEATURE_DIM], r[f"{SELECTION} mean"], r[f"{SELECTION} std"], r[f"{SELECTION} n"]))
+        tests[(r["loss"], *(r[k] for k in others), r[FEATURE_DIM])] = (
+            r[f"{ACCURACY} mean"], r[f"{ACCURACY} std"])
     for group, cells in seen.items():
         best = best_feature_dim(cells)
         if best is None:
             continue
+        test_mean, test_std = tests[(*group, best.feature_dim)]
         row = dict(zip(["loss", *others], group))
-        row.update({"best feature_dim": best.feature_dim, "its mean": best.mean,
+        row.update({"best feature_dim": best.feature_dim, "its val mean": best.mean,
+                    "its test mean": test_mean, "its test std": test_std,
                     "argmax feature_dim": best.best_dim, "argmax mean": best.best_mean,
                     "argmax std": best.best_std, "argmax n": best.best_n,
                     "threshold": best.threshold})
@@ -769,10 +777,10 @@ def report_markdown(info: StudyInfo, parent: dict, table, best, plots: list[str]
         lines += ["## Best feature dimension per loss", "", f"Rule: {BEST_DIM_RULE}.", ""]
         if len(best):
             shown = best.copy()
-            for column in ("its mean", "argmax mean", "threshold"):
+            for column in ("its val mean", "its test mean", "argmax mean", "threshold"):
                 shown[column] = [f"{v:.4f}" for v in shown[column]]
-            shown["argmax std"] = [f"{v:.4f}" if math.isfinite(v) else "-"
-                                   for v in shown["argmax std"]]
+            for column in ("its test std", "argmax std"):
+                shown[column] = [f"{v:.4f}" if math.isfinite(v) else "-" for v in shown[column]]
             lines.append(shown.to_markdown(index=False))
         else:
             lines.append("(no completed trials)")

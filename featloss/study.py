@@ -3,7 +3,8 @@
 A study is one YAML mapping (DESIGN §5). A trial's config is built by one merge rule, later
 mappings deep-merging over earlier ones:
 
-    Config defaults <- study data/model/train <- per_loss[loss] <- grid cell | searched params <- seed
+    Config defaults <- study data/model/train <- per_loss[loss] <- grid cell | searched params
+                    <- seed
 
 Two shapes:
 
@@ -32,7 +33,7 @@ from typing import Any
 
 from featloss.config import Config
 from featloss.errors import ConfigError
-from featloss.yamlio import load_yaml
+from featloss.yamlio import read_yaml_file
 
 TOP_KEYS = {"name", "description", "data", "model", "train", "losses", "per_loss", "grid",
             "search", "seeds", "resources", "max_concurrent", "max_failures"}
@@ -63,13 +64,18 @@ class Distribution:
         return out
 
 
+def reject_unknown(raw: dict, known: set[str], where: str, prefix: str = "") -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' "
+                          f"(known: {', '.join(sorted(known))})")
+
+
 def parse_distribution(raw: Any, where: str, k_minus_1: int | None) -> Distribution:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a distribution mapping like "
                           f"{{type: float, low: 0.1, high: 1, log: true}}, got {raw!r}")
-    unknown = sorted(set(raw) - DIST_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(DIST_KEYS))})")
+    reject_unknown(raw, DIST_KEYS, where)
     kind = raw.get("type")
     if kind == "categorical":
         choices = raw.get("choices")
@@ -85,7 +91,8 @@ def parse_distribution(raw: Any, where: str, k_minus_1: int | None) -> Distribut
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
         if kind == "int" and not float(value).is_integer():
-            raise ConfigError(f"{where}.{name}: an int distribution needs integer bounds, got {value!r}")
+            raise ConfigError(f"{where}.{name}: an int distribution needs integer bounds, "
+                              f"got {value!r}")
     if low >= high:
         raise ConfigError(f"{where}: low={low} must be < high={high}")
     log = raw.get("log", False)
@@ -94,7 +101,8 @@ def parse_distribution(raw: Any, where: str, k_minus_1: int | None) -> Distribut
     if log and low <= 0:
         raise ConfigError(f"{where}: a log distribution needs low > 0, got low={low}")
     step = raw.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+    bad_step = isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0
+    if step is not None and bad_step:
         raise ConfigError(f"{where}.step: expected a number > 0, got {step!r}")
     if step is not None and log:
         raise ConfigError(f"{where}: step and log cannot be combined (Optuna rejects it)")
@@ -155,15 +163,7 @@ class Study:
 
 
 def load_study(path: str | os.PathLike) -> Study:
-    path = str(path)
-    try:
-        with open(path) as fh:
-            raw = load_yaml(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such study file") from exc
-    except Exception as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return parse_study(raw, source=path)
+    return parse_study(read_yaml_file(str(path), "study file"), source=str(path))
 
 
 def parse_study(raw: Any, source: str = "<inline>") -> Study:
@@ -171,9 +171,7 @@ def parse_study(raw: Any, source: str = "<inline>") -> Study:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a study is a YAML mapping with name, data, model, train, "
                           f"losses, ...")
-    unknown = sorted(set(raw) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(TOP_KEYS))})")
+    reject_unknown(raw, TOP_KEYS, where)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise ConfigError(f"{where}: 'name' must be a non-empty string without '/'")
@@ -216,7 +214,8 @@ def parse_study(raw: Any, source: str = "<inline>") -> Study:
         raise ConfigError(f"{where}: use either 'grid' or 'search', not both")
     resources = raw.get("resources", {}) or {}
     if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}:
-        raise ConfigError(f"{where}: 'resources' takes cpu and gpu only, e.g. {{cpu: 1, gpu: 0.25}}")
+        raise ConfigError(f"{where}: 'resources' takes cpu and gpu only, "
+                          f"e.g. {{cpu: 1, gpu: 0.25}}")
     for key, value in resources.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{where}: resources.{key} must be a number >= 0, got {value!r}")
@@ -243,10 +242,7 @@ def _parse_search(raw: Any, where: str) -> SearchSettings | None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: 'search' must be a mapping")
-    unknown = sorted(set(raw) - SEARCH_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key 'search.{unknown[0]}' "
-                          f"(known: {', '.join(sorted(SEARCH_KEYS))})")
+    reject_unknown(raw, SEARCH_KEYS, where, prefix="search.")
     s = SearchSettings(**raw)
     if not isinstance(s.trials_per_loss, int) or isinstance(s.trials_per_loss, bool) \
             or s.trials_per_loss < 1:
@@ -275,7 +271,7 @@ def _known_losses() -> list[str]:
     return list_losses()
 
 
-# -- expansion ---------------------------------------------------------------------------------------
+# -- expansion -------------------------------------------------------------------------------------
 
 @dataclass
 class TrialSpec:
@@ -438,7 +434,8 @@ def _check_config(raw: dict, where: str, loss: str, strict: bool) -> Config:
         message = str(exc)
         if not strict and message.startswith(f"loss '{loss}':"):
             raise CellRejected(message) from exc
-        raise ConfigError(f"{where}: {message}" if not message.startswith(where) else message) from exc
+        located = message if message.startswith(where) else f"{where}: {message}"
+        raise ConfigError(located) from exc
 
 
 def num_classes_of(config: dict) -> int | None:
@@ -479,7 +476,7 @@ def _check_grid_key(study: Study, key: str, where: str) -> None:
     if section == "loss":
         if name == "name":
             raise ConfigError(f"{where}: losses are set with the top-level 'losses' list")
-        owners = [l for l in study.losses if name in {h.name for h in loss_info(l).hparams}]
+        owners = [x for x in study.losses if name in {h.name for h in loss_info(x).hparams}]
         if not owners:
             raise ConfigError(f"{where}: grid over an unknown key: no loss in 'losses' has a "
                               f"hyperparameter '{name}'")
@@ -559,17 +556,17 @@ def spaces_directory(study_source: str, override: str | None = None) -> Path:
 
 
 def load_space_file(path: Path, k_minus_1: int | None) -> dict[str, Distribution]:
-    try:
-        raw = load_yaml(path.read_text()) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"missing search-space file {path}: every searched loss needs one") from exc
+    if not path.is_file():
+        raise ConfigError(f"missing search-space file {path}: every searched loss needs one")
+    raw = read_yaml_file(str(path), "search-space file") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys to distributions")
     return {key: parse_distribution(value, f"{path}: {key}", k_minus_1)
             for key, value in raw.items()}
 
 
-def loss_space(study: Study, loss: str, base: dict, spaces_dir: str | None) -> dict[str, Distribution]:
+def loss_space(study: Study, loss: str, base: dict,
+               spaces_dir: str | None) -> dict[str, Distribution]:
     from featloss.losses import loss_info
 
     search = study.search
@@ -591,7 +588,8 @@ def loss_space(study: Study, loss: str, base: dict, spaces_dir: str | None) -> d
         if value is None:  # null removes a key from the file's space
             space.pop(key, None)
         else:
-            space[key] = parse_distribution(value, f"{study.source}: search.space.{loss}.{key}", km1)
+            where = f"{study.source}: search.space.{loss}.{key}"
+            space[key] = parse_distribution(value, where, km1)
     for name in search.space:
         if name not in study.losses:
             raise ConfigError(f"{study.source}: search.space.{name}: '{name}' is not in 'losses' "
@@ -656,7 +654,8 @@ def _start_point(config: dict, space: dict[str, Distribution]) -> dict[str, Any]
             if node in dist.choices:
                 point[key] = node
         elif isinstance(node, (int, float)) and not isinstance(node, bool) \
-                and dist.low <= node <= dist.high and (dist.type == "float" or float(node).is_integer()):
+                and dist.low <= node <= dist.high \
+                and (dist.type == "float" or float(node).is_integer()):
             point[key] = int(node) if dist.type == "int" else float(node)
     return point if len(point) == len(space) else {}
 
@@ -703,7 +702,7 @@ def shrink_for_smoke(study: Study) -> Study:
     small = copy.deepcopy(study)
     merged = deep_merge(Config().to_dict(), study.base)
     small.base = deep_merge(study.base, _smoke_overrides(merged))
-    for loss, overrides in small.per_loss.items():
+    for overrides in small.per_loss.values():
         if "train" in overrides and "epochs" in overrides["train"]:
             overrides["train"]["epochs"] = 1
     small.seeds = study.seeds[:1]

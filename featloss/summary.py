@@ -51,7 +51,8 @@ def aggregate(frame: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.Data
         row = dict(zip(by, keys))
         row["n"] = len(group)
         for metric in metrics:
-            values = group[metric].astype(float).dropna() if metric in group else pd.Series([], dtype=float)
+            values = (group[metric].astype(float).dropna() if metric in group
+                      else pd.Series([], dtype=float))
             row[f"{metric} mean"] = values.mean() if len(values) else math.nan
             row[f"{metric} std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             row[f"{metric} n"] = len(values)

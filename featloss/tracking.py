@@ -36,7 +36,8 @@ RETRY_SECONDS = float(os.environ.get("FEATLOSS_MLFLOW_RETRY_SECONDS", "120"))
 
 def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else an absolute SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    default = f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
 def normalise_uri(uri: str) -> str:
@@ -106,7 +107,8 @@ def _retry(call: Callable[[], Any], what: str) -> Any:
 def _is_connection_error(exc: Exception) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(word in text for word in ("connection", "max retries", "timed out", "refused",
-                                         "temporarily unavailable", "503", "502", "database is locked"))
+                                         "temporarily unavailable", "503", "502",
+                                         "database is locked"))
 
 
 def versions() -> dict[str, str]:
@@ -241,14 +243,15 @@ class StudyTracker:
         _retry(lambda: self.client.log_text(run_id or self.parent_run_id, text, artifact_file),
                f"logging {artifact_file}")
 
-    def log_file(self, path: str, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    def log_file(self, path: str, artifact_path: str | None = None,
+                 run_id: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(run_id or self.parent_run_id, path, artifact_path),
                f"logging {path}")
 
     # -- child runs -----------------------------------------------------------------------------
     def start_child(self, key: str, phase: str, seed: int, flat_params: dict[str, Any]) -> str:
         """The run of trial `key`: reused when it exists (resume), created otherwise."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         if key in self.children:
             run_id = self.children[key]
@@ -327,7 +330,8 @@ class StudyTracker:
         from mlflow.entities import RunTag
 
         run_id = self.children[key]
-        _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        _retry(lambda: self.client.log_batch(run_id, tags=batch),
                "tagging a trial")
 
     def trial_status(self, key: str) -> str | None:
@@ -364,7 +368,8 @@ def study_runs(tracking_uri: str, study_name: str) -> tuple[list[dict], list[dic
     while True:
         page = _retry(lambda: client.search_runs([experiment.experiment_id], "",
                                                  run_view_type=ViewType.ACTIVE_ONLY,
-                                                 max_results=1000, page_token=token), "listing runs")
+                                                 max_results=1000, page_token=token),
+                      "listing runs")
         runs.extend(page)
         token = page.token
         if not token:
@@ -375,7 +380,8 @@ def study_runs(tracking_uri: str, study_name: str) -> tuple[list[dict], list[dic
     return parents, trials
 
 
-def metric_histories(tracking_uri: str, run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
+def metric_histories(tracking_uri: str, run_id: str,
+                     keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=normalise_uri(tracking_uri))
@@ -388,7 +394,8 @@ def list_artifacts(tracking_uri: str, run_id: str, path: str | None = None) -> l
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=normalise_uri(tracking_uri))
-    return [a.path for a in _retry(lambda: client.list_artifacts(run_id, path), "listing artifacts")]
+    found = _retry(lambda: client.list_artifacts(run_id, path), "listing artifacts")
+    return [a.path for a in found]
 
 
 def download_artifact(tracking_uri: str, run_id: str, path: str, folder: str) -> str | None:

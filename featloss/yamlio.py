@@ -32,5 +32,18 @@ def load_yaml(stream: str | IO[str]) -> Any:
     return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def read_yaml_file(path: str, what: str = "file") -> Any:
+    """Parse a YAML file; a missing or malformed file is one ConfigError line naming it."""
+    from featloss.errors import ConfigError
+
+    try:
+        with open(path) as fh:
+            return load_yaml(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such {what}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+
+
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -41,7 +41,8 @@ def test_paper_cnns_put_dropout_after_the_first_two_pools(key):
     layers = list(model.body)
     pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
     assert len(pools) == 3
-    assert isinstance(layers[pools[0] + 1], nn.Dropout) and isinstance(layers[pools[1] + 1], nn.Dropout)
+    assert isinstance(layers[pools[0] + 1], nn.Dropout)
+    assert isinstance(layers[pools[1] + 1], nn.Dropout)
     assert pools[2] == len(layers) - 1
     assert any(isinstance(m, nn.PReLU) for m in layers) and any(
         isinstance(m, nn.BatchNorm2d) for m in layers)

@@ -39,7 +39,7 @@ def env() -> dict:
 def scenario(name: str, workdir: Path) -> dict:
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "cluster_scenarios.py"), name,
                            str(workdir)], capture_output=True, text=True, env=env(), timeout=900)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
 

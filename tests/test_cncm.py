@@ -33,7 +33,8 @@ def _inputs(batch, dim, classes, seed=0):
 
 
 @pytest.mark.parametrize("classes, dim, anchors, scale", [
-    (4, 6, "onehot", 1.0), (5, 5, "onehot", 10.0), (6, 5, "simplex", 1.0), (3, 8, "simplex", 2.0), (10, 2, "repulsion", 1.0),
+    (4, 6, "onehot", 1.0), (5, 5, "onehot", 10.0), (6, 5, "simplex", 1.0), (3, 8, "simplex", 2.0),
+    (10, 2, "repulsion", 1.0),
 ])
 def test_matches_reference_total_and_gradients(classes, dim, anchors, scale) -> None:
     loss = build_loss("cncm", num_classes=classes, feature_dim=dim, anchors=anchors,

@@ -27,7 +27,8 @@ def test_loss_section_collects_hyperparameters():
     ({"train": {"epochs": True}}, "train.epochs must be an integer"),
     ({"train": {"lr": "fast"}}, "train.lr must be a number"),
     ({"data": {"augment": "yes"}}, "data.augment must be true or false"),
-    ({"data": {"sampler": "stratified"}}, "data.sampler='stratified' is not one of random, balanced"),
+    ({"data": {"sampler": "stratified"}},
+     "data.sampler='stratified' is not one of random, balanced"),
     ({"train": {"lr_milestones": 0.5}}, "train.lr_milestones must be a list"),
     ({"model": "small_cnn"}, "'model' must be a mapping"),
 ])

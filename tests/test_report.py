@@ -8,7 +8,6 @@ study produces) with hand-chosen metric values, and read back with the real `Mlf
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from pathlib import Path
@@ -535,3 +534,17 @@ def test_parser_defaults():
     args = parser.parse_args(["report", "dims", "--out", "x", "--parent", "r1",
                               "--tracking-uri", "sqlite:///m.db"])
     assert (args.out, args.parent, args.tracking_uri) == ("x", "r1", "sqlite:///m.db")
+
+
+def test_best_dimension_is_selected_on_validation_never_on_test():
+    info = rp.StudyInfo(name="sel", mode="grid", losses=["pod"], grid_keys=["model.feature_dim"],
+                        seeds=[0, 1, 2])
+    table = pd.DataFrame({
+        "loss": ["pod", "pod"], "model.feature_dim": [4, 32],
+        "val/accuracy mean": [0.90, 0.80], "val/accuracy std": [0.0, 0.0],
+        "val/accuracy n": [3, 3],
+        "test/accuracy mean": [0.70, 0.99], "test/accuracy std": [0.01, 0.01],  # test disagrees
+    })
+    row = rp.best_dims_table(table, info).iloc[0]
+    assert row["best feature_dim"] == 4 and row["argmax feature_dim"] == 4
+    assert row["its val mean"] == pytest.approx(0.90) and row["its test mean"] == pytest.approx(0.70)

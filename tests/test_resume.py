@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, mlflow_runs, tiny_study
+from conftest import mlflow_runs, tiny_study
 from featloss.yamlio import dump_yaml
 
 pytestmark = pytest.mark.slow

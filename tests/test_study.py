@@ -60,7 +60,8 @@ def test_factors_rounding_to_the_same_dimension_are_one_cell():
 def test_around_k_minus_1_follows_a_class_grid():
     raw = {"name": "k", "data": {"dataset": "digits"}, "losses": ["softmax"],
            "grid": {"data.classes": [5, 10], "model.feature_dim": {"around_k_minus_1": [1, 2]}}}
-    cells = {(t.cell["data.classes"], t.cell["model.feature_dim"]) for t in plan_of(raw).grid_trials}
+    trials = plan_of(raw).grid_trials
+    cells = {(t.cell["data.classes"], t.cell["model.feature_dim"]) for t in trials}
     assert cells == {(5, 4), (5, 8), (10, 9), (10, 18)}
 
 

@@ -46,7 +46,6 @@ def test_resume_from_epoch_1_gives_the_uninterrupted_epoch_3_metrics(tmp_path):
     full = []
     fit(config, lambda m, s: full.append(m))
 
-    saved = {}
 
     def stop_after_epoch_1(metrics, state):
         if metrics["epoch"] == 1:

@@ -1,6 +1,7 @@
 """The loss contract, written once, and the loss registry.
 
-Every loss is an ``nn.Module`` built by ``build_loss(name, num_classes=C, feature_dim=d, **hparams)``::
+Every loss is an ``nn.Module`` built by
+``build_loss(name, num_classes=C, feature_dim=d, **hparams)``::
 
     out = loss(features, labels)   # features (B, d) float, labels (B,) long -> LossOutput
     out.total                      # scalar tensor to backpropagate

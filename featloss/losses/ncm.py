@@ -43,7 +43,8 @@ class _AnchorNCMLoss(FeatureLoss):
     def __init__(self, num_classes: int, feature_dim: int, *, anchors: str = "onehot",
                  scale: float = 1.0, seed: int = 0) -> None:
         super().__init__(num_classes, feature_dim)
-        self.anchor_kind = check_choice(self, "anchors", anchors, ("onehot", "simplex", "repulsion"))
+        self.anchor_kind = check_choice(self, "anchors", anchors,
+                                        ("onehot", "simplex", "repulsion"))
         self.scale = check_positive(self, "scale", scale)
         self.seed = check_integer(self, "seed", seed, 0)
         if anchors == "onehot":
