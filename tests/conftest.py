@@ -34,7 +34,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # "local": never join a cluster an earlier `ray start` test recorded on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  object_store_memory=150 * 1024**2)
     yield
     ray.shutdown()
