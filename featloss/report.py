@@ -1,4 +1,4 @@
-"""`featloss report STUDY`: tables and plots of a study's MLflow runs (DESIGN §6-§7).
+"""`featloss report STUDY`: tables and plots of a study's MLflow runs.
 
 The report reads one invocation of a study (its parent run and that run's child runs) through
 `featloss.tracking`, and writes to a folder and, as artifacts under ``report/``, to the parent run:

@@ -1,6 +1,6 @@
 """Study files: parse, validate strictly, and expand into trial configs before anything starts.
 
-A study is one YAML mapping (DESIGN §5). A trial's config is built by one merge rule, later
+A study is one YAML mapping. A trial's config is built by one merge rule, later
 mappings deep-merging over earlier ones:
 
     Config defaults <- study data/model/train <- per_loss[loss] <- grid cell | searched params

@@ -1,6 +1,6 @@
 """MLflow, wrapped: the only module that imports mlflow.
 
-Layout (DESIGN §6): one experiment per study; one parent run per study invocation (a resume
+Layout: one experiment per study; one parent run per study invocation (a resume
 reopens it) holding the study YAML, the resolved plan, git commit and package versions; one nested
 child run per trial (tag ``mlflow.parentRunId``) with flattened params (``loss``, ``loss.<hparam>``,
 ``model.feature_dim``, ...), per-epoch metrics with ``step`` = epoch, and tags ``phase``, ``seed``,

@@ -1,4 +1,4 @@
-"""The loss contract (DESIGN §2), checked for every registered loss.
+"""The loss contract (featloss/losses/base.py), checked for every registered loss.
 
 A new loss gets all of these for free by being registered.
 """
