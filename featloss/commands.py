@@ -30,6 +30,9 @@ def add_parsers(sub) -> None:
     from featloss import report
 
     report.add_parser(sub)
+    from featloss import slurm
+
+    slurm.add_parser(sub)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +52,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if args.command == "resume":
         return cmd_resume(args)
+    if args.command == "slurm":
+        from featloss.slurm import cmd_slurm
+
+        return cmd_slurm(args)
     if args.command == "report":
         from featloss.report import cmd_report
 
