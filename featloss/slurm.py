@@ -69,11 +69,38 @@ class SlurmJob:
     max_concurrent: int | None = None
     setup: list[str] = field(default_factory=list)
     sbatch_args: list[str] = field(default_factory=list)
-    command_line: str = ""
+    trial_gpus: float = 0.0  # the study's resources.gpu
 
     @property
     def log_dir(self) -> str:
         return str(Path(self.storage) / "slurm")
+
+    @property
+    def default_job_name(self) -> str:
+        return "featloss-" + (_SAFE_NAME.sub("-", self.study_name).strip("-") or "study")
+
+    def command(self) -> str:
+        """The ``featloss slurm`` command that submits this job again (absolute paths)."""
+        parts = ["featloss", "slurm", self.study_path, "--nodes", str(self.nodes)]
+        optional = [("--gpus-per-node", self.gpus_per_node or None),
+                    ("--cpus-per-node", self.cpus_per_node), ("--partition", self.partition),
+                    ("--time", self.time_limit), ("--account", self.account),
+                    ("--job-name", None if self.job_name == self.default_job_name
+                     else self.job_name), ("--storage", self.storage),
+                    ("--tracking-uri", None if self.tracking_uri == tracking_uri(None, self.storage)
+                     else self.tracking_uri),
+                    ("--max-concurrent", self.max_concurrent),
+                    ("--grace", None if self.grace_s == DEFAULT_GRACE_S else self.grace_s),
+                    ("--ray-port", self.ray_port),
+                    ("--python", None if self.python == sys.executable else self.python)]
+        for flag, value in optional:
+            if value is not None:
+                parts += [flag, str(value)]
+        parts += ["--smoke"] * self.smoke + ["--ray-dashboard"] * self.ray_dashboard
+        for line in self.setup:
+            parts += ["--setup", line]
+        parts += [f"--sbatch-arg={arg}" for arg in self.sbatch_args]
+        return shlex.join(parts)
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -145,7 +172,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     print(f"submitted batch job {job_id} ({job.job_name}, {job.nodes} node(s))")
     print(f"script:  {path}")
     print(f"log:     {log}")
-    print(f"results: {job.storage}/{job.study_name}-<timestamp>/   MLflow: {job.tracking_uri}")
+    print(f"results: under {job.storage}/   MLflow: {job.tracking_uri}")
     print(f"follow:  squeue -j {job_id}; tail -f {log}")
     return 0
 
@@ -190,27 +217,24 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
         raise ConfigError(f"--storage {storage}: featloss slurm needs a folder on the shared "
                           f"file system that every node mounts (checkpoints, resume state)")
     storage = str(Path(storage).expanduser().resolve())
+    if re.search(r"[\s%]", storage):
+        raise ConfigError(f"--storage {storage}: pick a path without spaces or '%' (it becomes "
+                          f"the job's #SBATCH --output path)")
     uri = tracking_uri(args.tracking_uri, storage)
     python = str(Path(args.python).expanduser()) if args.python else sys.executable
     if not os.path.isabs(python):
         raise ConfigError(f"--python {args.python}: give an absolute path")
-    job_name = args.job_name or "featloss-" + (_SAFE_NAME.sub("-", study.name).strip("-")
-                                                or "study")
-    return SlurmJob(
+    job = SlurmJob(
         study_path=str(study_path), study_name=study.name, total_trials=total, storage=storage,
         tracking_uri=uri, python=python, ray_cmd=ray_command(python), nodes=args.nodes,
         gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node,
         partition=args.partition, time_limit=args.time_limit, account=args.account,
-        job_name=job_name, grace_s=args.grace, ray_port=args.ray_port,
+        grace_s=args.grace, ray_port=args.ray_port,
         ray_dashboard=args.ray_dashboard, smoke=args.smoke, max_concurrent=args.max_concurrent,
         setup=list(args.setup), sbatch_args=list(args.sbatch_arg),
-        command_line=shlex.join(["featloss", "slurm",
-                                 *[a for a in _argv_tail() if a != "--dry-run"]]))
-
-
-def _argv_tail() -> list[str]:
-    argv = sys.argv[1:]
-    return argv[argv.index("slurm") + 1:] if "slurm" in argv else argv
+        trial_gpus=_resource(study, "gpu"))
+    job.job_name = args.job_name or job.default_job_name
+    return job
 
 
 # -- validation ------------------------------------------------------------------------------------
@@ -252,11 +276,8 @@ def check_resources(study, gpus_per_node: int, cpus_per_node: int | None) -> Non
 
 def notes(job: SlurmJob) -> list[str]:
     """Harmless but probably unintended settings, one line each (printed on stderr)."""
-    from featloss import study as study_module
-
     out = []
-    study = study_module.load_study(job.study_path)
-    if job.gpus_per_node > 0 and _resource(study, "gpu") == 0:
+    if job.gpus_per_node > 0 and job.trial_gpus == 0:
         out.append(f"the study asks resources.gpu: 0, so its trials use no GPU; the "
                    f"{job.gpus_per_node} GPU(s) per node stay idle (set resources.gpu, e.g. 0.25 "
                    f"packs 4 trials per GPU)")
@@ -313,6 +334,18 @@ def ray_command(python: str) -> list[str]:
     return [python, "-m", "ray.scripts.scripts"]
 
 
+def _wrap_comment(command: str, width: int = 96) -> list[str]:
+    """`command` as comment lines of at most `width` characters, continued with backslashes."""
+    lines, current = [], "#  "
+    for word in shlex.split(command):
+        word = shlex.quote(word)
+        if len(current) + len(word) + 3 > width and current != "#  ":
+            lines.append(current + " \\")
+            current = "#     "
+        current += " " + word
+    return lines + [current]
+
+
 # -- the script ------------------------------------------------------------------------------------
 
 def sbatch_directives(job: SlurmJob) -> list[str]:
@@ -342,7 +375,7 @@ def render_script(job: SlurmJob) -> str:
     cpus = ("${SLURM_CPUS_ON_NODE}  # --exclusive: every CPU of the node"
             if job.cpus_per_node is None else "${SLURM_CPUS_PER_TASK}")
     port = (str(job.ray_port) if job.ray_port is not None
-            else f"$(( {RAY_BASE_PORT} + SLURM_JOB_ID % 1000 ))  # differs between jobs sharing a node")
+            else f"$(( {RAY_BASE_PORT} + SLURM_JOB_ID % 1000 ))  # jobs sharing a node differ")
     options = []
     if job.max_concurrent is not None:
         options += ["--max-concurrent", str(job.max_concurrent)]
@@ -354,7 +387,8 @@ def render_script(job: SlurmJob) -> str:
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     header = "\n".join(["#!/bin/bash", *sbatch_directives(job)])
-    setup = "\n".join(job.setup) if job.setup else "# (none: add lines with featloss slurm --setup 'module load ...')"
+    setup = ("\n".join(job.setup) if job.setup
+             else "# (none: add lines with featloss slurm --setup 'module load ...')")
     settings = f"""\
 # ---- settings written by featloss slurm -------------------------------------------------------
 STUDY={q(job.study_path)}
@@ -372,43 +406,45 @@ RAY_PORT={port}
 RAY_DASHBOARD=({dashboard})
 STOP_TIMEOUT={max(job.grace_s - 30, 20)}   # seconds the driver gets to stop after SIGUSR1
 """
-    reasons = ["#   --ntasks-per-node=1    one Ray node per Slurm node; Ray schedules the trials inside it"]
+    reasons = ["#   --ntasks-per-node=1    one Ray node per Slurm node; Ray places the trials"]
     if job.cpus_per_node is None:
-        reasons.append("#   --exclusive            whole nodes: each Ray node offers every CPU of its node")
+        reasons.append("#   --exclusive            whole nodes: each Ray node offers all its CPUs")
     else:
-        reasons.append(f"#   --cpus-per-task={job.cpus_per_node:<6} the CPUs each Ray node offers to trials")
+        reasons.append(f"#   --cpus-per-task={job.cpus_per_node:<6} the CPUs each Ray node offers")
     if job.gpus_per_node:
-        reasons.append("#   --gpus-per-task        the GPUs of each Ray node (as in Ray's own SLURM example)")
+        reasons.append("#   --gpus-per-task        the GPUs of each Ray node (Ray's SLURM example)")
     reasons += [
-        "#   --open-mode=append     a requeued job appends to this log instead of truncating it",
-        "#   --requeue              a preempted or requeued job runs again (SLURM_RESTART_COUNT + 1)",
-        f"#   --signal=B:USR1@{job.grace_s:<6} {job.grace_s} s before the time limit the batch shell gets "
-        f"SIGUSR1:",
-        "#                          the driver stops cleanly (as on Ctrl+C), the job requeues itself",
-        "#   --dependency=singleton one job of this name at a time: never two drivers on one study",
+        "#   --open-mode=append     a requeued job appends to this log, not truncates it",
+        "#   --requeue              a preempted or requeued job runs again (SLURM_RESTART_COUNT+1)",
+        (f"#   --signal=B:USR1@{job.grace_s:<6} {job.grace_s} s before the time limit the batch "
+         f"shell gets"),
+        "#                          SIGUSR1: the driver stops cleanly (as on Ctrl+C) and the",
+        "#                          job requeues itself",
+        "#   --dependency=singleton one job of this name at a time: never two drivers on a study",
     ]
     mlflow = ("a SQLite file that only the driver writes" if job.tracking_uri.startswith("sqlite:")
               else "the server given with --tracking-uri")
-    dash = ("on 127.0.0.1 of the head node only (ssh -L 8265:127.0.0.1:8265 HEAD_NODE)"
+    dash = ("on 127.0.0.1 of the head node only\n# (ssh -L 8265:127.0.0.1:8265 HEAD_NODE)"
             if job.ray_dashboard else "off")
     why = "\n".join([
         "#",
-        f"# featloss study '{job.study_name}' ({job.total_trials} trials) on {job.nodes} node(s), "
-        f"written by",
+        (f"# featloss study '{job.study_name}' ({job.total_trials} trials) on {job.nodes} "
+         f"node(s), written by"),
         f"# featloss {__version__} on {stamp} from:",
-        f"#   {job.command_line}",
-        "# Submit this file again (sbatch FILE), or rerun that command, at any time: a study that an",
-        "# earlier job left unfinished is resumed from its checkpoints, never started over.",
+        *_wrap_comment(job.command()),
+        "# Submit this file again (sbatch FILE), or rerun that command, at any time: a study",
+        "# that an earlier job left unfinished is resumed from its checkpoints, never restarted.",
         "#",
         "# Why these #SBATCH lines:",
         *reasons,
         "#",
-        "# Security: Ray's services authenticate every connection with a random token made for this",
-        f"# job alone; Ray's dashboard is {dash}.",
+        "# Security: Ray's services authenticate every connection with a random token made for",
+        f"# this job alone; Ray's dashboard is {dash}.",
         f"# MLflow is {mlflow}; no server is started (browse with",
         "# `mlflow ui --backend-store-uri URI`, which binds 127.0.0.1).",
     ]) + "\n"
-    return f"{header}\n{why}\n{settings}\n# ---- environment set-up ------------------------------------------------------------------------\n{setup}\n{_BODY}"
+    rule = "# ---- environment set-up " + "-" * 71
+    return f"{header}\n{why}\n{settings}\n{rule}\n{setup}\n{_BODY}"
 
 
 _BODY = r"""
@@ -470,7 +506,8 @@ trap on_usr1 USR1
 trap on_term TERM
 trap stop_ray EXIT
 
-log "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on ${NODES[*]}; Ray head $RAY_ADDRESS_HEAD"
+log "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on ${NODES[*]};" \
+    "Ray head $RAY_ADDRESS_HEAD"
 srun --nodes=1 --ntasks=1 --cpus-per-task="$CPUS_PER_NODE" -w "$HEAD_NODE" \
     "${RAY[@]}" start --head --block --node-ip-address="$HEAD_IP" --port="$RAY_PORT" \
         --num-cpus="$CPUS_PER_NODE" --num-gpus="$GPUS_PER_NODE" "${RAY_DASHBOARD[@]}" \
@@ -478,7 +515,7 @@ srun --nodes=1 --ntasks=1 --cpus-per-task="$CPUS_PER_NODE" -w "$HEAD_NODE" \
 RAY_PIDS+=($!)
 for _ in $(seq 120); do   # wait for the head before the workers join it
     "${RAY[@]}" health-check --address "$RAY_ADDRESS_HEAD" >/dev/null 2>&1 && break
-    kill -0 "${RAY_PIDS[0]}" 2>/dev/null || { log "the Ray head did not start (see above)"; exit 1; }
+    kill -0 "${RAY_PIDS[0]}" 2>/dev/null || { log "the Ray head failed (see above)"; exit 1; }
     sleep 1
 done
 "${RAY[@]}" health-check --address "$RAY_ADDRESS_HEAD" >/dev/null 2>&1 \
@@ -535,7 +572,8 @@ if [[ $MODE == resume ]]; then
 else
     CMD=("${FEATLOSS[@]}" run "$STUDY" "${RUN_OPTIONS[@]}")
 fi
-CMD+=("${OPTIONS[@]}" --storage "$STORAGE" --tracking-uri "$TRACKING_URI" --address "$RAY_ADDRESS_HEAD")
+CMD+=("${OPTIONS[@]}" --storage "$STORAGE" --tracking-uri "$TRACKING_URI"
+      --address "$RAY_ADDRESS_HEAD")
 log "driver: ${CMD[*]}"
 # Job control for this one line: a background job of a non-interactive shell ignores SIGINT,
 # and the driver must receive it to stop cleanly.
@@ -548,7 +586,7 @@ while :; do
     RC=$?
     kill -0 "$DRIVER_PID" 2>/dev/null || break   # still running: a signal interrupted `wait`
 done
-log "driver exited with code $RC"
+log "driver exited with code $RC; stopping Ray (srun then reports its steps as cancelled)"
 [[ -n $WATCHDOG_PID ]] && kill "$WATCHDOG_PID" 2>/dev/null
 stop_ray
 if [[ $REQUEUE == 1 && $RC != 0 ]]; then
@@ -586,7 +624,8 @@ def submit(path: Path, sbatch: str = "sbatch") -> str:
     """Submit the script with ``sbatch --parsable``; return the job id (a string of digits).
 
     Raises ConfigError with sbatch's own first error line when it rejects the job."""
-    proc = subprocess.run([sbatch, "--parsable", str(path)], capture_output=True, text=True)
+    proc = subprocess.run([sbatch, "--parsable", str(path)], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit code {proc.returncode}"

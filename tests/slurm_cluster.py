@@ -1,4 +1,4 @@
-"""A real single-node Slurm cluster for tests: munged, slurmctld and slurmd on 127.0.0.1.
+"""A real Slurm cluster on this machine for tests: munged, slurmctld and slurmd on 127.0.0.1.
 
 Debian's ``slurm-wlm`` and ``munge`` packages (installed by ``.ci/run``; installed here too when
 missing and apt is usable as root). Everything the daemons write lives under one temporary folder:
@@ -53,7 +53,8 @@ def ensure_installed() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-qq", *PACKAGES]
     for attempt in (install, ["apt-get", "update", "-qq"], install):
-        proc = subprocess.run(attempt, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(attempt, env=env, capture_output=True, text=True, timeout=600,
+                              check=False)
         if attempt is install and proc.returncode == 0:
             break
     if _missing():
@@ -74,7 +75,8 @@ def _sbin(tool: str) -> str:
 
 
 def _real_memory_mb() -> int:
-    out = subprocess.run([_sbin("slurmd"), "-C"], capture_output=True, text=True).stdout
+    out = subprocess.run([_sbin("slurmd"), "-C"], capture_output=True, text=True,
+                         check=False).stdout
     for word in out.split():
         if word.startswith("RealMemory="):
             return max(1, int(word.split("=", 1)[1]) - 512)
@@ -115,11 +117,19 @@ def _stop_pid(pid: int | None, timeout: float = 15.0) -> None:
 
 @dataclass
 class SlurmCluster:
-    """A running single-node cluster: node ``localhost`` (127.0.0.1), partition ``debug``."""
+    """A running cluster on this machine, partition ``debug``: one node ``localhost``
+    (127.0.0.1) with `cpus` CPUs, or with `nodes` > 1, nodes ``node1`` ... ``nodeN``: one slurmd
+    each, all on 127.0.0.1 with their own port, spool, pid and log file (Slurm runs several
+    slurmd on one host with ``slurmd -N NAME``), `cpus` CPUs each."""
 
     root: Path
     cpus: int = 2
+    nodes: int = 1
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def node_names(self) -> list[str]:
+        return ["localhost"] if self.nodes == 1 else [f"node{i}" for i in range(1, self.nodes + 1)]
 
     @property
     def conf(self) -> Path:
@@ -128,7 +138,7 @@ class SlurmCluster:
     def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> str:
         """Run a Slurm client command against this cluster; return its stdout."""
         proc = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.strip()}")
         return proc.stdout
@@ -186,24 +196,38 @@ class SlurmCluster:
                         f"--key-file={key}", f"--pid-file={munge / 'munged.pid'}",
                         f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'seed'}"],
                        check=True, capture_output=True, timeout=30)
-        ctld_port, slurmd_port = _free_port(), _free_port()
+        ctld_port = _free_port()
+        memory = _real_memory_mb() // self.nodes
+        if self.nodes == 1:
+            slurmd_files = f"""\
+SlurmdPort={_free_port()}
+SlurmdSpoolDir={root / 'spool'}
+SlurmdPidFile={root / 'slurmd.pid'}
+SlurmdLogFile={root / 'log' / 'slurmd.log'}
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} Sockets=1 CoresPerSocket={self.cpus} \
+ThreadsPerCore=1 RealMemory={memory} State=UNKNOWN
+"""
+        else:  # %n: the node name, so each slurmd has its own files
+            slurmd_files = f"""\
+SlurmdSpoolDir={root / 'spool'}/%n
+SlurmdPidFile={root}/slurmd-%n.pid
+SlurmdLogFile={root / 'log'}/slurmd-%n.log
+""" + "".join(f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={_free_port()} "
+              f"CPUs={self.cpus} Sockets=1 CoresPerSocket={self.cpus} ThreadsPerCore=1 "
+              f"RealMemory={memory} State=UNKNOWN\n" for name in self.node_names)
         self.conf.write_text(f"""\
-# single-node test cluster written by tests/slurm_cluster.py
+# a test cluster on this machine, written by tests/slurm_cluster.py
 ClusterName=featlosstest
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge / 'munge.socket'},cred_expire=5
 StateSaveLocation={root / 'state'}
-SlurmdSpoolDir={root / 'spool'}
 SlurmctldPidFile={root / 'slurmctld.pid'}
-SlurmdPidFile={root / 'slurmd.pid'}
 SlurmctldLogFile={root / 'log' / 'slurmctld.log'}
-SlurmdLogFile={root / 'log' / 'slurmd.log'}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -218,19 +242,21 @@ KillWait=5
 MinJobAge=600
 ReturnToService=2
 MailProg=/bin/true
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} Sockets=1 CoresPerSocket={self.cpus} ThreadsPerCore=1 RealMemory={_real_memory_mb()} State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{slurmd_files}PartitionName=debug Nodes={",".join(self.node_names)} Default=YES MaxTime=INFINITE \
+State=UP
 """)
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.env.pop("SLURM_JOB_ID", None)
         subprocess.run([_sbin("slurmctld"), "-f", str(self.conf), "-c"], env=self.env, check=True,
                        capture_output=True, timeout=30)
-        subprocess.run([_sbin("slurmd"), "-f", str(self.conf), "-N", "localhost"], env=self.env,
-                       check=True, capture_output=True, timeout=30)
+        for name in self.node_names:
+            (root / "spool" / name).mkdir(exist_ok=True)
+            subprocess.run([_sbin("slurmd"), "-f", str(self.conf), "-N", name], env=self.env,
+                           check=True, capture_output=True, timeout=30)
         deadline = time.monotonic() + 30
-        while True:  # the node must be idle before jobs can run
-            state = self.run("sinfo", "-h", "-N", "-o", "%T", check=False).strip()
-            if state.startswith("idle"):
+        while True:  # every node must be idle before jobs can run
+            state = self.run("sinfo", "-h", "-N", "-o", "%T", check=False).split()
+            if state == ["idle"] * self.nodes:
                 return
             if time.monotonic() > deadline:
                 raise SlurmUnavailable(f"the Slurm node did not come up (state {state!r}); "
@@ -243,7 +269,8 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             if self.env:
                 self.cancel_all()
         finally:
-            _stop_pid(_read_pid(self.root / "slurmd.pid"))
+            for pid_file in [self.root / "slurmd.pid", *self.root.glob("slurmd-*.pid")]:
+                _stop_pid(_read_pid(pid_file))
             _stop_pid(_read_pid(self.root / "slurmctld.pid"))
             _stop_pid(_read_pid(self.root / "munge" / "munged.pid"))
 
@@ -252,12 +279,22 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 def slurm_cluster():
     """A running single-node Slurm cluster (see module docstring), stopped after the session;
     skips the test when Slurm cannot be installed or started on this machine."""
+    yield from _cluster(nodes=1)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster_two_nodes():
+    """Two Slurm nodes (two slurmd) on this machine, 1 CPU each, stopped after the module."""
+    yield from _cluster(nodes=2, cpus=1)
+
+
+def _cluster(nodes: int, cpus: int | None = None):
     try:
         ensure_installed()
     except SlurmUnavailable as exc:
         pytest.skip(str(exc))
     root = Path(tempfile.mkdtemp(prefix="featloss-slurm-"))
-    cluster = SlurmCluster(root, cpus=min(2, os.cpu_count() or 1))
+    cluster = SlurmCluster(root, cpus=cpus or min(2, os.cpu_count() or 1), nodes=nodes)
     try:
         try:
             cluster.start()

@@ -7,12 +7,13 @@ outcome back from the MLflow SQLite file the job's driver wrote:
 - a study runs to completion in one job;
 - `scancel` mid-study, then the same `featloss slurm` command again: the new job resumes;
 - SIGUSR1 (what `--signal=B:USR1@120` sends before the time limit): the job stops the driver
-  cleanly, requeues itself and resumes on its restart.
+  cleanly, requeues itself and resumes on its restart;
+- two Slurm nodes (two slurmd on this machine): the Ray head on the first, a Ray worker on the
+  second, trials on both.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -20,13 +21,15 @@ import time
 from pathlib import Path
 
 import pytest
-
+import slurm_cluster as cluster_fixtures
 from conftest import REPO, mlflow_runs, tiny_study
+
 from featloss.cli import main
 from featloss.slurm import time_limit_seconds
 from featloss.yamlio import dump_yaml
-from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
+slurm_cluster = cluster_fixtures.slurm_cluster  # the fixtures, for this module
+slurm_cluster_two_nodes = cluster_fixtures.slurm_cluster_two_nodes
 QUICKSTART = str(REPO / "studies" / "quickstart.yaml")
 JOB_TIMEOUT = 240  # seconds; a job here takes ~15-40 s
 
@@ -77,7 +80,8 @@ def test_dry_run_prints_a_slurm_script(capsys, tmp_path):
     assert f"TRACKING_URI=sqlite:///{tmp_path / 'store' / 'mlflow.db'}" in script
     assert "resources.gpu: 0" in err  # the note: 4 GPUs per node would stay idle
     assert not (tmp_path / "store").exists()  # a dry run writes nothing
-    check = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
+    check = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True,
+                           check=False)
     assert check.returncode == 0, check.stderr
 
 
@@ -103,7 +107,7 @@ def test_the_cli_prints_the_script(tmp_path):
     """The installed entry point (a subprocess), as the README shows it."""
     proc = subprocess.run([sys.executable, "-m", "featloss", "slurm", QUICKSTART, "--nodes", "2",
                            "--gpus-per-node", "4", "--dry-run"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("#!/bin/bash\n#SBATCH --job-name=featloss-quickstart\n")
 
@@ -168,11 +172,11 @@ def write_study(folder: Path, name: str, **sections) -> Path:
 
 
 def submit(cluster, study: Path, storage: Path, cwd: Path) -> str:
-    """`featloss slurm` as a user runs it; returns the job id."""
+    """`featloss slurm` as a user runs it, on every node of `cluster`; returns the job id."""
     proc = subprocess.run(
-        [sys.executable, "-m", "featloss", "slurm", str(study), "--nodes", "1",
+        [sys.executable, "-m", "featloss", "slurm", str(study), "--nodes", str(cluster.nodes),
          "--cpus-per-node", str(cluster.cpus), "--time", "15", "--storage", str(storage)],
-        cwd=cwd, env=cluster.env, capture_output=True, text=True, timeout=120)
+        cwd=cwd, env=cluster.env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     match = re.search(r"submitted batch job (\d+)", proc.stdout)
     assert match, proc.stdout
@@ -197,7 +201,7 @@ def no_ray_left(job_id: str) -> None:
     deadline = time.monotonic() + 20
     while True:
         found = subprocess.run(["pgrep", "-af", f"featloss-ray-{job_id}/"], capture_output=True,
-                               text=True).stdout.strip()
+                               text=True, check=False).stdout.strip()
         if not found:
             return
         assert time.monotonic() < deadline, f"Ray processes left by job {job_id}:\n{found}"
@@ -207,7 +211,7 @@ def no_ray_left(job_id: str) -> None:
 def completed_keys(uri: str, name: str) -> set[str]:
     try:
         _, trials = mlflow_runs(uri, name)
-    except Exception:  # the experiment or the database does not exist yet
+    except Exception:  # noqa: BLE001 - the experiment or the database does not exist yet
         return set()
     return {r.data.tags["featloss.trial_key"] for r in trials
             if r.data.tags.get("status") == "completed"}
@@ -268,7 +272,7 @@ def test_study_runs_to_completion(slurm_cluster, mlflow_template, tmp_path):
     wait_done(slurm_cluster, storage, job_id)
     log = job_log(storage, job_id)
     assert re.search(r"driver: \S+ -m featloss run \S+slurm-smoke\.yaml", log), log
-    assert "driver exited with code 0" in log
+    assert "driver exited with code 0;" in log
     check_every_trial_once(uri, "slurm-smoke", seeds, epochs=2)
     no_ray_left(job_id)
 
@@ -309,8 +313,26 @@ def test_time_limit_signal_stops_cleanly_and_requeues(slurm_cluster, mlflow_temp
     fields = wait_done(slurm_cluster, storage, job_id)
     assert fields["Restarts"] == "1", fields
     log = job_log(storage, job_id)  # --open-mode=append: both runs of the job in one log
-    assert "SIGUSR1" in log and "driver exited with code 130" in log, log
+    assert "SIGUSR1" in log and "driver exited with code 130;" in log, log
     assert "interrupted; resume with" in log  # the driver stopped as on Ctrl+C
     assert re.search(r"\(restart 1\).*\n(.*\n)*.*driver: \S+ -m featloss resume ", log), log
     check_every_trial_once(uri, name, SLOW["seeds"], epochs=4)
+    no_ray_left(job_id)
+
+
+@pytest.mark.slow
+def test_two_nodes_make_one_ray_cluster(slurm_cluster_two_nodes, mlflow_template, tmp_path):
+    cluster = slurm_cluster_two_nodes  # node1 and node2, 1 CPU each
+    storage, uri = new_storage(tmp_path, mlflow_template)
+    seeds = [0, 1, 2, 3]
+    study = write_study(tmp_path, "slurm-two-nodes", data={"max_train_samples": 256,
+                                                           "max_eval_samples": 128},
+                        seeds=seeds, max_concurrent=2)
+    job_id = submit(cluster, study, storage, tmp_path)
+    wait_done(cluster, storage, job_id)
+    log = job_log(storage, job_id)
+    assert "on node1 node2;" in log, log
+    check_every_trial_once(uri, "slurm-two-nodes", seeds, epochs=2)
+    _, trials = mlflow_runs(uri, "slurm-two-nodes")
+    assert len({r.data.tags["node_id"] for r in trials}) == 2  # trials ran on both Ray nodes
     no_ray_left(job_id)
