@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from featloss.errors import ConfigError
+from featloss.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -23,27 +24,26 @@ class BackboneInfo:
     description: str
 
 
-_BACKBONES: dict[str, BackboneInfo] = {}
+BACKBONES: Registry[BackboneInfo] = Registry("backbone")
 
 
 def register_backbone(key: str, description: str):
+    """Decorator adding a builder ``fn(*, in_channels, image_size, feature_dim, dropout)``."""
+
     def wrap(fn: Callable[..., nn.Module]):
-        if key in _BACKBONES:
-            raise KeyError(f"backbone '{key}' is registered twice")
-        _BACKBONES[key] = BackboneInfo(key, fn, description)
+        BACKBONES.add(key, BackboneInfo(key, fn, description))
         return fn
 
     return wrap
 
 
 def list_backbones() -> list[str]:
-    return list(_BACKBONES)
+    return BACKBONES.keys()
 
 
 def backbone_info(key: str) -> BackboneInfo:
-    if key not in _BACKBONES:
-        raise ConfigError(f"unknown backbone '{key}'; known backbones: {', '.join(_BACKBONES)}")
-    return _BACKBONES[key]
+    """The record of backbone `key`. Raises ConfigError when unknown."""
+    return BACKBONES.get(key)
 
 
 def build_backbone(key: str, *, in_channels: int, image_size: int, feature_dim: int,

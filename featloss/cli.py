@@ -116,7 +116,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 # -- train ----------------------------------------------------------------------------------------
 
 def train_config(args: argparse.Namespace):
-    from featloss.config import Config, load_config_file, parse_overrides
+    from featloss.config import Config, LossConfig, load_config_file, parse_overrides
 
     raw = load_config_file(args.config) if args.config else {}
     config = Config.from_dict(raw, where=args.config or "config")
@@ -127,21 +127,19 @@ def train_config(args: argparse.Namespace):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.loss is not None and args.loss != config.loss.name:
-        config.loss.hparams = {}  # another loss: the config file's hyperparameters don't apply
+        # another loss: the config file's hyperparameters don't apply
+        config = config.model_copy(update={"loss": LossConfig(name=config.loss.name)})
     overrides.update(parse_overrides(args.set))
     return config.with_overrides(overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from featloss.train import fit, load_state, save_state, validate_config
+    from featloss.train import fit, save_state, validate_config
 
     config = validate_config(train_config(args))
-    resume = None
-    if args.resume:
-        try:
-            resume = load_state(args.resume)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"--resume {args.resume}: no such file") from exc
+    resume = _resume_state(args.resume, config) if args.resume else None
+    if args.save_state:
+        _check_writable(args.save_state)
     last_state: dict[str, Any] = {}
     out = sys.stdout
 
@@ -163,6 +161,43 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"val/accuracy {final.get('val/accuracy', math.nan):.4f}, "
               f"test/accuracy {final.get('test/accuracy', math.nan):.4f}")
     return 0 if result.status == "completed" else 1
+
+
+def _resume_state(path: str, config) -> dict:
+    """A state saved by --save-state for this config. Raises ConfigError (one line) for a
+    missing, unreadable or unsafe file (loaded with weights_only: pickled code is refused) or
+    a state of another config."""
+    from pathlib import Path
+
+    from featloss.storage import read_trial_state
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--resume {path}: no such file")
+    state, problem = read_trial_state(str(Path(path).resolve()))
+    if state is not None and "epoch" not in state:
+        state, problem = None, "no training state in it"
+    if state is None:
+        raise ConfigError(f"--resume {path}: not a featloss training state ({problem}); "
+                          f"resume only from a file written by --save-state")
+    if state.get("config") != config.to_dict():
+        from featloss.config import Config
+        from featloss.study import changed_keys
+
+        saved = Config.from_dict(state.get("config") or {}, where=path).to_dict()
+        changed = changed_keys(saved, config.to_dict(), ignore=()) or ["the config"]
+        raise ConfigError(f"--resume {path}: saved for another config ({', '.join(changed[:4])});"
+                          f" resume with the same options it was trained with")
+    return state
+
+
+def _check_writable(path: str) -> None:
+    import os
+    from pathlib import Path
+
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"--save-state {path}: folder {folder} does not exist or is not "
+                          f"writable")
 
 
 def format_epoch(metrics: dict, epochs: int) -> str:
@@ -199,6 +234,11 @@ def cmd_losses() -> int:
                 print(f"  {h.name} = {h.default!r}   ({h.allowed})")
         else:
             print("  (no hyperparameters)")
+        if info.recipe.settings:
+            settings = ", ".join(f"{k}={v}" for k, v in info.recipe.settings.items())
+            print(f"  recipe:    {settings}")
+            if info.recipe.why:
+                print(f"             ({info.recipe.why})")
     return 0
 
 

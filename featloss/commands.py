@@ -1,14 +1,23 @@
-"""The study commands of the CLI: run, validate, resume, and report (featloss.report)."""
+"""The study commands of the CLI: run, validate, resume (and report, slurm, schema).
+
+Everything a command can check is checked before any compute starts: the study file (parsed and
+expanded), the tracking store (opened, created under a file lock), the storage folder
+(writable), the resources a local run can offer. Bad input is one ConfigError line, exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from featloss.errors import ConfigError
 
 DEFAULT_STORAGE = "featloss_results"
+EXIT_TRIALS_FAILED = 1
+EXIT_INTERRUPTED = 130
+EXIT_TRACKING_DOWN = 75  # EX_TEMPFAIL: try again later
 
 
 def add_parsers(sub) -> None:
@@ -16,15 +25,21 @@ def add_parsers(sub) -> None:
     run.add_argument("study", help="study YAML file")
     run.add_argument("--smoke", action="store_true",
                      help="shrink the study: 1 epoch, a data subset, 2 trials per loss, 1 seed")
+    _add_set(run)
     _add_run_options(run)
 
     validate = sub.add_parser("validate", help="expand a study and print the plan; start nothing")
     validate.add_argument("study")
     validate.add_argument("--smoke", action="store_true")
+    _add_set(validate)
 
     resume = sub.add_parser("resume", help="continue an interrupted study")
     resume.add_argument("target", help="the study YAML (newest unfinished results of that study "
                                        "under --storage) or a results folder")
+    resume.add_argument("--accept-changes", action="store_true",
+                        help="the study file changed since the study started: go on with the "
+                             "recorded plan anyway")
+    _add_set(resume)
     _add_run_options(resume)
 
     from featloss import report
@@ -33,6 +48,12 @@ def add_parsers(sub) -> None:
     from featloss import slurm
 
     slurm.add_parser(sub)
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a study key, e.g. --set train.epochs=5 --set seeds=[0,1] "
+                             "(recorded, so a resume uses it too)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -63,91 +84,233 @@ def dispatch(args: argparse.Namespace) -> int:
     raise ConfigError(f"unknown command {args.command}")
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from featloss.study import expand, load_study
+# -- validate --------------------------------------------------------------------------------------
 
-    plan = expand(load_study(args.study), smoke=args.smoke)
+def cmd_validate(args: argparse.Namespace) -> int:
+    from featloss.config import parse_overrides
+    from featloss.plan import expand
+    from featloss.study import load_study
+
+    plan = expand(load_study(args.study, parse_overrides(args.set)), smoke=args.smoke)
+    check_devices(plan, local=True, strict=False)
     print("\n".join(plan.summary_lines()))
     print(f"total: {plan.total_trials} trials")
     return 0
 
 
-def _options(args: argparse.Namespace, smoke: bool, saved: dict | None = None):
-    import os
-
-    from featloss.hpo import RunOptions
-    from featloss.tracking import default_tracking_uri, normalise_uri
-
-    saved = saved or {}
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError("--max-concurrent must be >= 1")
-    uri = args.tracking_uri or saved.get("tracking_uri") or default_tracking_uri()
-    store = (args.storage or saved.get("storage") or os.environ.get("FEATLOSS_STORAGE")
-             or DEFAULT_STORAGE)
-    if "://" not in store:
-        store = str(Path(store).expanduser().resolve())
-    return RunOptions(tracking_uri=normalise_uri(uri), storage=store,
-                      address=args.address or os.environ.get("RAY_ADDRESS"),
-                      max_concurrent=args.max_concurrent, smoke=smoke)
-
+# -- run -------------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from featloss.study import expand, load_study
-    from featloss.tracking import check_reachable
+    from featloss.config import parse_overrides
+    from featloss.plan import expand
+    from featloss.record import StudyRecord
+    from featloss.study import load_study
+    from featloss.tracking import check_store
 
-    plan = expand(load_study(args.study), smoke=args.smoke)
-    options = _options(args, args.smoke)
-    check_reachable(options.tracking_uri)  # before Ray starts
+    overrides = parse_overrides(args.set)
+    plan = expand(load_study(args.study, overrides), smoke=args.smoke)
+    address = _address(args)
+    check_devices(plan, local=address is None, strict=True)
+    uri = _tracking_uri(args.tracking_uri)
+    check_store(uri)
+    record = StudyRecord.new(plan, uri, _storage(args.storage), str(Path(args.study).resolve()),
+                             overrides)
+    _create(record)
     print("\n".join(plan.summary_lines()), flush=True)
-    return _execute(plan, options, None)
+    return _execute(plan, record, address, args.max_concurrent)
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    from featloss import storage
-    from featloss.study import expand, parse_study
-    from featloss.tracking import check_reachable
-    from featloss.yamlio import load_yaml
-
-    target = args.target
-    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
-        from featloss.study import load_study
-
-        import os
-
-        name = load_study(target).name
-        base = args.storage or os.environ.get("FEATLOSS_STORAGE") or DEFAULT_STORAGE
-        results_dir = storage.find_results_dir(base if "://" in base else str(Path(base).resolve()),
-                                               name)
-    else:
-        results_dir = target if "://" in target else str(Path(target).resolve())
-    state = storage.read_state(results_dir)
-    if state.get("status") == "finished":
-        print(f"{results_dir}: the study already finished; nothing to resume")
-        return 0
-    study = parse_study(load_yaml(state["study_yaml"]), source=state["source"])
-    plan = expand(study, smoke=state.get("smoke", False))
-    options = _options(args, state.get("smoke", False), saved=state)
-    check_reachable(options.tracking_uri)
-    print(f"resuming {results_dir}", flush=True)
-    return _execute(plan, options, results_dir)
+def _address(args: argparse.Namespace) -> str | None:
+    return args.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def _execute(plan, options, results_dir: str | None) -> int:
-    from featloss.hpo import StudyInterrupted, run_study
+def _tracking_uri(given: str | None) -> str:
+    from featloss.tracking import default_tracking_uri, normalise_uri
 
+    return normalise_uri(given or default_tracking_uri())
+
+
+def _storage(given: str | None) -> str:
+    store = given or os.environ.get("FEATLOSS_STORAGE") or DEFAULT_STORAGE
+    return store if "://" in store else str(Path(store).expanduser().resolve())
+
+
+def _create(record) -> None:
+    """Write the record (creating the results folder): one line when the storage refuses."""
     try:
-        outcome = run_study(plan, options, results_dir)
+        record.save()
+    except OSError as exc:
+        raise ConfigError(f"--storage {record.storage}: cannot create "
+                          f"{record.results_dir} ({exc.strerror or exc}); pass a writable "
+                          f"folder") from None
+
+
+def check_devices(plan, local: bool, strict: bool) -> None:
+    """train.device cuda needs GPUs in `resources` (Ray gives a trial only what it asks for);
+    a local run needs resources this machine has. Raises ConfigError."""
+    study = plan.study
+    configs = [t.config for t in plan.grid_trials]
+    from featloss.config import Config
+
+    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
+    if any(c.train.device.startswith("cuda") for c in configs) and study.resources.gpu <= 0:
+        raise ConfigError(f"{study.source}: train.device=cuda but resources.gpu is 0, so Ray "
+                          f"gives the trials no GPU; set resources.gpu (e.g. 1 or 0.25) or "
+                          f"train.device: auto")
+    if local and strict:
+        from featloss.engine.ray_setup import check_local_resources
+
+        check_local_resources(study.resources.model_dump())
+
+
+def _execute(plan, record, address: str | None, max_concurrent: int | None) -> int:
+    from featloss.engine.run import RunOptions, StudyInterrupted, run_study
+
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError("--max-concurrent must be >= 1")
+    try:
+        outcome = run_study(plan, record, RunOptions(address, max_concurrent))
     except StudyInterrupted as stop:
         if stop.reason:  # the study stopped itself, cleanly
             print(f"featloss: study stopped: {stop.reason}; resume with: featloss resume "
                   f"{stop.results_dir}", file=sys.stderr, flush=True)
-            return 75  # EX_TEMPFAIL: try again later
-        print(f"featloss: interrupted; resume with: featloss resume {stop.results_dir}", flush=True)
-        return 130
-    print(f"\nsummary of '{plan.study.name}' (mean ± std over seeds, n finished trials):")
-    print(outcome.summary_markdown)
+            return EXIT_TRACKING_DOWN
+        print(f"featloss: interrupted; resume with: featloss resume {stop.results_dir}",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    return _finished(plan, record, outcome)
+
+
+def _finished(plan, record, outcome) -> int:
+    from featloss.results import study_table
+    from featloss.summary import to_markdown
+
+    print(f"\nsummary of '{plan.study.name}' (mean ± std over seeds; n completed trials):")
+    print(to_markdown(study_table(record, plan.study)))
+    report_dir = _report(record, outcome)
     print(f"\nresults: {outcome.results_dir}")
-    print(f"MLflow parent run: {outcome.parent_run_id}")
-    print(f"browse:  mlflow ui --backend-store-uri {outcome.tracking_uri}  "
-          f"(then open http://127.0.0.1:5000)")
+    if report_dir:
+        print(f"report:  {report_dir}/report.md (also on the parent run)")
+    print(f"MLflow:  {ui_hint(record.tracking_uri, outcome.experiment_id, outcome.parent_run_id)}")
+    if outcome.optuna_journal:
+        print(f"Optuna:  optuna-dashboard {outcome.optuna_journal}")
+    if outcome.failed:
+        for error, count in sorted(outcome.failed.items(), key=lambda kv: -kv[1]):
+            print(f"featloss: {count} trial{'s' if count > 1 else ''} failed: {error}",
+                  file=sys.stderr)
+        return EXIT_TRIALS_FAILED
     return 0
+
+
+def _report(record, outcome) -> str | None:
+    """The study's report, written under the results and logged to the parent run."""
+    from featloss.report import build_report
+    from featloss.storage import is_remote, join
+
+    if is_remote(record.results_dir):
+        return None
+    folder = join(record.results_dir, "report")
+    try:
+        build_report(record.tracking_uri, record.study, folder, outcome.parent_run_id)
+    except Exception as exc:  # noqa: BLE001 - the study is done; a report problem is a note
+        print(f"featloss: note: the report could not be built ({type(exc).__name__}: {exc}); "
+              f"run `featloss report {record.study}`", file=sys.stderr)
+        return None
+    return folder
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """The direct MLflow UI address of a run (and how to start the UI for a SQLite store)."""
+    path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return (f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/{path}")
+
+
+# -- resume ----------------------------------------------------------------------------------------
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from featloss.config import parse_overrides
+    from featloss.plan import expand
+    from featloss.record import StudyRecord, find_results_dir
+    from featloss.study import RUNTIME_KEYS, load_study, parse_study
+    from featloss.tracking import check_store
+    from featloss.yamlio import load_yaml
+
+    target = args.target
+    new_overrides = parse_overrides(args.set)
+    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
+        name = load_study(target, new_overrides).name
+        results_dir = find_results_dir(_storage(args.storage), name)
+        source = target
+    else:
+        if not Path(target).exists() and "://" not in target:
+            raise ConfigError(f"{target}: no such results folder or study file")
+        results_dir = target if "://" in target else str(Path(target).resolve())
+        source = None
+    record = StudyRecord.load(results_dir)
+    if record.status == "finished":
+        print(f"{results_dir}: the study already finished; nothing to resume")
+        return 0
+    recorded = load_yaml(record.study_yaml)
+    current = _current_study(source or record.source, {**record.overrides, **new_overrides})
+    if current is not None:
+        _check_changes(recorded, current, source or record.source, args.accept_changes)
+        for key in RUNTIME_KEYS:  # where and how fast it runs may change; what it computes not
+            if key in current:
+                recorded[key] = current[key]
+            else:
+                recorded.pop(key, None)
+    study = parse_study(recorded, source=record.source)
+    plan = expand(study, smoke=record.smoke)
+    address = _address(args)
+    check_devices(plan, local=address is None, strict=True)
+    if args.tracking_uri:
+        record.tracking_uri = _tracking_uri(args.tracking_uri)
+    check_store(record.tracking_uri)
+    _check_checkpoints(record)
+    print(f"resuming {results_dir}", flush=True)
+    return _execute(plan, record, address, args.max_concurrent)
+
+
+def _current_study(path: str, overrides: dict) -> dict | None:
+    from featloss.study import resolve_file
+
+    if not path or path.startswith("<") or not Path(path).is_file():
+        return None
+    return resolve_file(path, overrides)
+
+
+def _check_changes(recorded: dict, current: dict, source: str, accept: bool) -> None:
+    from featloss.study import changed_keys
+
+    changed = changed_keys(recorded, current)
+    if not changed:
+        return
+    listed = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    if not accept:
+        raise ConfigError(f"{source} changed since the study started: {listed}; resume continues "
+                          f"the recorded plan: pass --accept-changes to go on with it, or start "
+                          f"a new study with featloss run")
+    print(f"featloss: note: {source} changed since the study started ({listed}); going on with "
+          f"the recorded plan (--accept-changes)", flush=True)
+
+
+def _check_checkpoints(record) -> None:
+    """One line per checkpoint a resume cannot use (the trial then starts over)."""
+    from featloss import storage
+
+    for trial in record.trials.values():
+        uri = storage.join(record.results_dir, "checkpoints", f"{trial.key}.pt")
+        state, problem = storage.read_trial_state(uri)
+        if problem is None:
+            continue
+        if trial.done:
+            print(f"featloss: note: checkpoint {uri} is unreadable ({problem}); trial "
+                  f"{trial.key} had finished: its results stand, its saved weights are lost",
+                  file=sys.stderr)
+        else:  # a fresh start gets a fresh MLflow run: the old one is dropped as a stray
+            print(f"featloss: warning: checkpoint {uri} is unreadable ({problem}); trial "
+                  f"{trial.key} restarts from epoch 0", file=sys.stderr)
+            trial.run_id, trial.logged_epoch, trial.last_epoch = None, 0, 0
+            trial.metrics, trial.started = {}, None

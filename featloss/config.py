@@ -1,98 +1,143 @@
-"""Strict, typed configuration of one training run.
+"""Strict, typed configuration of one training run (pydantic v2 models).
 
-A run is `Config(data, model, loss, train, seed)`. Parsing is strict: an unknown key or a value of
-the wrong type raises `ConfigError` naming the key path (``train.lr``). Value ranges that need no
-registry lookups are checked in `Config.check()`; registry-dependent checks (dataset, backbone,
-loss hyperparameters) live in `featloss.train.validate_config`.
+A run is `Config(data, model, loss, train, seed)`. Parsing is strict: an unknown key, a value of
+the wrong type (``true`` for a number, ``2.5`` for an integer) or a value out of range raises one
+`ConfigError` line naming the key path (``train.lr``). Registry-dependent checks (dataset,
+backbone, loss hyperparameters) live in `featloss.train.validate_config`.
 
 The `loss` section is ``{name: <registry key>, <hparam>: value, ...}``: every key other than
-``name`` is a keyword argument of the loss constructor.
+``name`` is a keyword argument of the loss constructor. The same models define the study-file
+schema (`featloss schema`), so every key below carries its description.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Union
+import math
+from typing import Any, Literal
 
-from featloss.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from featloss.errors import ConfigError, quote
 from featloss.yamlio import load_yaml, read_yaml_file
 
-
-def _choices(*values: str) -> dict:
-    return {"choices": values}
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
 
 
-@dataclass
-class DataConfig:
-    dataset: str = "mnist5k"
-    root: str | None = None  # real datasets; default $FEATLOSS_DATA or ~/.cache/featloss/data
-    classes: int | None = None  # keep the first k classes (W-Softmax Table 5)
-    val_fraction: float = 0.1  # validation split carved from train, stratified, seeded
-    split_seed: int = 0  # fixed across trial seeds so every trial sees the same val split
-    augment: bool = False  # pad-4 random crop + horizontal flip, on the device
-    sampler: str = field(default="random", metadata=_choices("random", "balanced"))
-    image_size: int | None = None  # imagefolder only: resize to this size
-    max_train_samples: int | None = None  # cap (stratified) for smoke runs and CPU studies
-    max_eval_samples: int | None = None  # cap on val and test sets
+class Section(BaseModel):
+    """Base of every config section: unknown keys and loose types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+
+    def section(self, name: str) -> dict:
+        """The keys sub-section `name` sets explicitly (defaults left out); {} when unset."""
+        value = getattr(self, name)
+        return value.model_dump(exclude_unset=True) if value is not None else {}
 
 
-@dataclass
-class ModelConfig:
-    backbone: str = "small_cnn"
-    feature_dim: int = 64
-    dropout: float = 0.0
+class DataConfig(Section):
+    dataset: str = Field("mnist5k", description="dataset key (`featloss datasets`)")
+    root: str | None = Field(None, description="folder of a staged real dataset (default "
+                             "$FEATLOSS_DATA or ~/.cache/featloss/data)")
+    classes: int | None = Field(None, ge=2, le=1_000_000,
+                                description="keep only the first k classes (W-Softmax Table 5)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="validation split carved from "
+                                "train, stratified, seeded by split_seed")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the validation split, "
+                            "fixed across trial seeds so every trial sees the same split")
+    augment: bool = Field(False, description="pad-4 random crop + horizontal flip, on the device")
+    sampler: Literal["random", "balanced"] = Field(
+        "random", description="batch sampler; balanced: every class the same count per batch")
+    image_size: int | None = Field(None, ge=4, le=4096,
+                                   description="imagefolder only: resize every image to this")
+    max_train_samples: int | None = Field(None, ge=1, description="stratified cap on the "
+                                          "training split (smoke runs, CPU studies)")
+    max_eval_samples: int | None = Field(None, ge=1,
+                                         description="stratified cap on the val and test splits")
 
 
-@dataclass
-class LossConfig:
-    name: str = "softmax"
-    hparams: dict[str, Any] = field(default_factory=dict)
+class ModelConfig(Section):
+    backbone: str = Field("small_cnn", description="backbone key (`featloss backbones`)")
+    feature_dim: int = Field(64, ge=1, le=65_536, description="width of the backbone's final "
+                             "linear layer: the feature dimension d (M in W-Softmax)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout rate of the backbone")
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam"))
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = field(default="cosine", metadata=_choices("cosine", "step", "constant"))
-    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: epoch fractions
-    lr_gamma: float = 0.1  # step: factor at each milestone
-    loss_lr: float | None = None  # lr of the loss's own tensors (weight, centers, w_k); None = lr
-    loss_weight_decay: float | None = None  # None = weight_decay
-    precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_batch_size: int = 1024
-    eval_test: bool = True  # search trials turn this off: selection never sees the test set
-    divergence_check_every: int = 20  # steps between (syncing) non-finite loss checks
+class LossConfig(BaseModel):
+    """``name`` plus the loss's own hyperparameters (checked against the loss registry)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = Field("softmax", description="loss key (`featloss losses`)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, le=100_000, description="training epochs")
+    batch_size: int = Field(64, ge=2, le=1_000_000, description="training batch size")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="optimizer")
+    lr: float = Field(0.1, gt=0, le=1e6, description="learning rate of the backbone")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, le=1e3, description="L2 weight decay")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine",
+                                                           description="learning-rate schedule")
+    lr_milestones: list[float] = Field([0.5, 0.75], description="step schedule: fractions of "
+                                       "the epochs at which the lr is multiplied by lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: factor per milestone")
+    loss_lr: float | None = Field(None, ge=0, le=1e6, description="lr of the loss's own tensors "
+                                  "(weight, centers, w_k); null: the same as lr")
+    loss_weight_decay: float | None = Field(None, ge=0, le=1e3,
+                                            description="null: the same as weight_decay")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the "
+                                               "backbone on CUDA (the loss stays fp32)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    eval_batch_size: int = Field(1024, ge=1, le=1_000_000, description="evaluation batch size")
+    eval_test: bool = Field(True, description="evaluate the test split in the last epoch "
+                            "(search trials turn this off: selection never sees the test set)")
+    divergence_check_every: int = Field(20, ge=1, description="steps between (syncing) checks "
+                                        "for a non-finite training loss")
 
-    # -- conversion ---------------------------------------------------------------------------
+    @field_validator("lr_milestones")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if not all(0 < f < 1 for f in value):
+            raise ValueError("must be fractions of the epochs in (0, 1)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda"):
+            return value
+        head, _, index = value.partition(":")
+        if head != "cuda" or not index.isdigit():
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+
+class Config(Section):
+    """One training run. Build it with `Config.from_dict` for one-line errors."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of initialisation, dropout, "
+                      "sampling and augmentation")
+
     @classmethod
     def from_dict(cls, raw: dict | None, where: str = "config") -> Config:
-        raw = dict(raw or {})
-        if "loss" in raw:
-            raw["loss"] = _loss_section(raw["loss"], where)
-        return _build(cls, raw, prefix="", where=where)
+        """Parse a nested dict. Raises ConfigError naming `where` and the key path."""
+        return parse_model(cls, raw or {}, where)
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["loss"] = {"name": self.loss.name, **self.loss.hparams}
-        return out
+        return self.model_dump()
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``section.key`` view (``loss`` for the loss name, ``loss.<hparam>``)."""
@@ -111,124 +156,125 @@ class Config:
             set_path(raw, path, value, where)
         return Config.from_dict(raw, where=where)
 
-    # -- value checks that need no registry -----------------------------------------------------
-    def check(self) -> Config:
-        d, m, t = self.data, self.model, self.train
-        _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction,
-                 "must lie in (0, 1), e.g. 0.1")
-        _require(d.classes is None or d.classes >= 2, "data.classes", d.classes, "must be >= 2")
-        _require(d.image_size is None or d.image_size >= 4, "data.image_size", d.image_size,
-                 "must be >= 4")
-        for key in ("max_train_samples", "max_eval_samples"):
-            value = getattr(d, key)
-            _require(value is None or value >= 1, f"data.{key}", value, "must be >= 1")
-        _require(m.feature_dim >= 1, "model.feature_dim", m.feature_dim, "must be >= 1")
-        _require(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must lie in [0, 1)")
-        _require(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
-        _require(t.batch_size >= 2, "train.batch_size", t.batch_size, "must be >= 2")
-        _require(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "must be >= 1")
-        _require(t.lr > 0, "train.lr", t.lr, "must be > 0")
-        _require(t.loss_lr is None or t.loss_lr >= 0, "train.loss_lr", t.loss_lr, "must be >= 0")
-        _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
-        _require(0 <= t.momentum < 1, "train.momentum", t.momentum, "must lie in [0, 1)")
-        _require(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "must lie in (0, 1]")
-        _require(all(0 < f < 1 for f in t.lr_milestones), "train.lr_milestones", t.lr_milestones,
-                 "must be fractions of the epochs in (0, 1)")
-        _require(t.divergence_check_every >= 1, "train.divergence_check_every",
-                 t.divergence_check_every, "must be >= 1")
-        _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-                 "train.device", t.device, "must be auto, cpu, cuda or cuda:N")
-        return self
+
+# -- one-line errors from pydantic -----------------------------------------------------------------
+
+def parse_model(model: type[BaseModel], raw: Any, where: str) -> Any:
+    """`model.model_validate(raw)`, with the first problem as one ConfigError line."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {error_line(model, exc)}") from None
 
 
-def _require(ok: bool, key: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} {rule}")
+def error_line(model: type[BaseModel], exc: ValidationError) -> str:
+    """The first error of `exc` in featloss's words: key path, value, rule."""
+    error = exc.errors()[0]
+    raw_loc = [p for p in error["loc"] if not str(p).startswith("function-")]
+    loc = [str(p) for p in raw_loc]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in raw_loc).lstrip(".") \
+        or "config"
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        known = _known_keys(model, loc[:-1])
+        return f"unknown key '{key}'" + (f" (known keys: {', '.join(known)})" if known else "")
+    if kind == "missing":
+        return f"missing key '{key}'"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"'{key}' must be a mapping, got {quote(value)}"
+    expected = {"int_type": "an integer", "int_from_float": "an integer", "float_type": "a number",
+                "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+                "finite_number": "a finite number"}.get(kind)
+    if expected:
+        return f"{key} must be {expected}, got {quote(value)}"
+    if kind == "literal_error":
+        return f"{key}={quote(value)} is not one of {ctx.get('expected', '').replace(' or ', ', ')}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        rule = _bounds(model, loc, kind, ctx)
+        if isinstance(value, float) and not math.isfinite(value):
+            bound = rule.replace("lie in ", "in ", 1).replace("be ", "", 1)
+            return f"{key}={value} must be a finite number {bound}"
+        return f"{key}={quote(value)} must {rule}"
+    if kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+        if not loc or message.startswith(key):
+            return message
+        return f"{key}: {message}" if isinstance(value, (list, dict)) else \
+            f"{key}={quote(value)} {message}"
+    if kind in ("too_short", "string_too_short"):
+        return f"{key} must not be empty"
+    if kind in ("too_long", "string_too_long"):
+        return f"{key} is too long (at most {ctx.get('max_length')} " \
+               f"{'characters' if kind == 'string_too_long' else 'items'})"
+    return f"{key}={quote(value)}: {error['msg']}"
 
 
-def _loss_section(value: Any, where: str) -> dict:
-    if isinstance(value, str):
-        return {"name": value, "hparams": {}}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: 'loss' must be a loss name or a mapping with 'name', "
-                          f"got {type(value).__name__}")
-    value = dict(value)
-    if "hparams" in value:  # already in dataclass form
-        return value
-    name = value.pop("name", LossConfig.name)
-    return {"name": name, "hparams": value}
+def _inner(annotation: Any) -> Any:
+    """The model inside Optional[...], X | None, dict[str, X] or list[X], else `annotation`."""
+    import typing
+
+    for arg in typing.get_args(annotation)[::-1]:
+        inner = _inner(arg)
+        if hasattr(inner, "model_fields"):
+            return inner
+    return annotation
 
 
-def _build(cls: type, raw: Any, prefix: str, where: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping, "
-                          f"got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' "
-                          f"(known keys: {', '.join(prefix + k for k in known)})")
-    kwargs = {}
-    for name, value in raw.items():
-        hint, key = hints[name], prefix + name
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key + ".", where)
-        else:
-            kwargs[name] = _coerce(value, hint, key, where)
-            choices = known[name].metadata.get("choices")
-            if choices and kwargs[name] not in choices:
-                raise ConfigError(f"{where}: {key}={value!r} is not one of {', '.join(choices)}")
-    return cls(**kwargs)
+def _walk(model: type[BaseModel], loc: list[str]):
+    """(FieldInfo of the last part, the model that holds it) along `loc`; None when unknown."""
+    import typing
+
+    node: Any = model
+    info = None
+    skip = False
+    for part in loc:
+        if skip:  # a dict key or list index between models
+            skip = False
+            continue
+        fields = getattr(node, "model_fields", None)
+        if fields is None or part not in fields:
+            return None, None
+        info = fields[part]
+        node = _inner(info.annotation)
+        skip = any(typing.get_origin(a) in (dict, list)
+                   for a in (info.annotation, *typing.get_args(info.annotation)))
+    return info, node
 
 
-def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
-    """Check `value` against a simple type hint; ints are accepted where floats are expected."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(value, "a list", key, where)
-        (item,) = typing.get_args(hint)
-        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise _type_error(value, "a mapping", key, where)
-        return copy.deepcopy(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _type_error(value, "true or false", key, where)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _type_error(value, "an integer", key, where)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _type_error(value, "a number", key, where)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise _type_error(value, "a string", key, where)
-        return value
-    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug, not user input
+def _field(model: type[BaseModel], loc: list[str]):
+    return _walk(model, loc)[0]
 
 
-def _type_error(value: Any, expected: str, key: str, where: str) -> ConfigError:
-    return ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
+def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    node = _walk(model, loc)[1] if loc else model
+    prefix = ".".join(loc) + "." if loc else ""
+    return [prefix + k for k in getattr(node, "model_fields", {})]
 
+
+def _bounds(model: type[BaseModel], loc: list[str], kind: str, ctx: dict) -> str:
+    """'lie in (0, 1)' when the field has two bounds, else 'be >= 1' and the like."""
+    info = _field(model, loc)
+    low = high = None
+    for meta in getattr(info, "metadata", []):
+        for name in ("gt", "ge"):
+            if getattr(meta, name, None) is not None:
+                low = (name, getattr(meta, name))
+        for name in ("lt", "le"):
+            if getattr(meta, name, None) is not None:
+                high = (name, getattr(meta, name))
+    if low and high:
+        return (f"lie in {'(' if low[0] == 'gt' else '['}{_num(low[1])}, {_num(high[1])}"
+                f"{')' if high[0] == 'lt' else ']'}")
+    symbol = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}[kind]
+    return f"be {symbol} {_num(next(iter(ctx.values()), ''))}"
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# -- --set overrides -------------------------------------------------------------------------------
 
 def parse_value(text: str) -> Any:
     """Parse the right-hand side of ``--set key=value`` as YAML (1e-3, true, [1, 2], null)."""
@@ -239,11 +285,13 @@ def parse_value(text: str) -> Any:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", ...]`` -> ``{"a.b": 1}``. Raises ConfigError for an item without '='."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=0.01")
+            raise ConfigError(f"--set {quote(item)}: expected section.key=value, "
+                              f"e.g. train.lr=0.01")
         out[key.strip()] = parse_value(value)
     return out
 
@@ -263,6 +311,7 @@ def set_path(raw: dict, path: str, value: Any, where: str) -> None:
 
 
 def load_config_file(path: str) -> dict:
+    """A YAML file with data/model/loss/train/seed sections, as a dict (ConfigError if bad)."""
     data = read_yaml_file(path)
     if data is None:
         return {}

@@ -1,13 +1,14 @@
 """Results storage: a local or shared folder, or an ``s3://`` URI (through pyarrow.fs).
 
-A study invocation owns one results folder ``<storage>/<study>-<timestamp>/`` holding:
+A study invocation owns one results folder ``<storage>/<safe study name>-<timestamp>/`` holding:
 
-- ``featloss_state.json``   the study's own state (phases done, selected configs, MLflow parent run)
+- ``featloss_state.json``    the study's record (`featloss.record`)
 - ``checkpoints/<trial>.pt`` each trial's latest training state, rewritten atomically every epoch
-- ``<phase>/``               Ray Tune's experiment folders (grid | search | final)
+- ``errors/<trial>.txt``     the traceback of a trial that failed
+- ``tune/<phase>-<n>/``      Ray Tune's experiment folders, one per phase and invocation
 
-The per-trial checkpoint is the source of truth for resuming: whatever Tune's last experiment
-snapshot says, a restarted trial continues from its newest finished epoch.
+The per-trial checkpoint is the source of truth for a trial's training state: a restarted trial
+continues from its newest finished epoch.
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from featloss.errors import ConfigError
-
-STATE_FILE = "featloss_state.json"
+from featloss.names import safe_name
 
 
 def _fs(uri: str):
@@ -91,48 +89,48 @@ def save_trial_state(uri: str, state: dict) -> None:
 
 
 def load_trial_state(uri: str) -> dict | None:
-    """The saved training state, or None when there is none (or it is unreadable)."""
+    """The saved training state, or None when there is none or it is unreadable."""
+    return read_trial_state(uri)[0]
+
+
+def read_trial_state(uri: str) -> tuple[dict | None, str | None]:
+    """(state, None), (None, None) when there is no file, or (None, why it is unreadable).
+
+    Loaded with ``weights_only=True``: a file carrying pickled code is refused, never run.
+    """
     try:
         data = read_bytes(uri)
     except (FileNotFoundError, OSError):
-        return None
+        return None, None
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception:  # a torn write on a store without atomic rename: start that trial over
-        return None
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torn write, text, a pickle of code...
+        return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}" \
+            if str(exc).strip() else type(exc).__name__
+    if not isinstance(state, dict):
+        return None, f"holds a {type(state).__name__}, not a mapping of tensors"
+    return state, None
 
 
 def new_results_dir(storage: str, study_name: str) -> str:
+    """A new ``<storage>/<safe study name>-<timestamp>[-n]`` folder name (not created)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidate = join(storage, f"{study_name}-{stamp}")
+    base = safe_name(study_name, max_len=80)
+    candidate = join(storage, f"{base}-{stamp}")
     suffix = 1
     while exists(candidate):
-        candidate = join(storage, f"{study_name}-{stamp}-{suffix}")
+        candidate = join(storage, f"{base}-{stamp}-{suffix}")
         suffix += 1
     return candidate
 
 
-def find_results_dir(storage: str, study_name: str) -> str:
-    """The newest unfinished results folder of `study_name` under `storage`."""
+def list_dirs(uri: str) -> list[str]:
+    """Names of the folders directly under `uri` ([] when it does not exist)."""
     import pyarrow.fs as pafs
 
-    fs, path = _fs(storage)
+    fs, path = _fs(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     except (FileNotFoundError, OSError):
-        infos = []
-    candidates = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory
-                         and i.base_name.startswith(f"{study_name}-")), reverse=True)
-    for name in candidates:
-        state_uri = join(storage, name, STATE_FILE)
-        if exists(state_uri) and read_json(state_uri).get("status") != "finished":
-            return join(storage, name)
-    raise ConfigError(f"no unfinished results of study '{study_name}' under {storage}; pass the "
-                      f"results folder (featloss resume RESULTS_DIR) or --storage")
-
-
-def read_state(results_dir: str) -> dict[str, Any]:
-    uri = join(results_dir, STATE_FILE)
-    if not exists(uri):
-        raise ConfigError(f"{results_dir} is not a featloss results folder (no {STATE_FILE})")
-    return read_json(uri)
+        return []
+    return [i.base_name for i in infos if i.type == pafs.FileType.Directory]

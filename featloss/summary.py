@@ -1,120 +1,173 @@
-"""Study summary tables from trial records (MLflow runs as plain dicts); pure pandas.
+"""The one summary of a study: a pandas groupby over its record's finished trials.
 
-A record is ``{"params": {...}, "tags": {...}, "metrics": {...}}`` with MLflow's string params.
-Rows group finished trials by loss and the study's grid keys (grid studies) or by loss with the
-selected hyperparameters (search studies, final phase); numbers are mean, std and n over seeds.
+Rows are the study's cells: loss x grid values (grid studies) or loss x selected
+hyperparameters (the final phase of a search). Per row: how many trials completed, failed,
+diverged or were stopped, and for each metric over the completed trials the mean, the standard
+deviation (ddof = 1), n, the standard error and the 95 % confidence interval of the mean from
+Student's t distribution (scipy.stats.t, n − 1 degrees of freedom). The end-of-run table,
+``summary.{md,csv,parquet}`` and the report's tables all come from `summary_table`, and every
+number is written by `fmt_mean` / `fmt_ci`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import numbers
+from typing import Any, Iterable
 
 import pandas as pd
 
-from featloss.yamlio import load_yaml
+from featloss.names import value_label
+from featloss.record import TrialRecord
 
-DONE = {"completed"}
-STAT_METRICS = ["val/accuracy", "test/accuracy"]
-
-
-def parse_param(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    try:
-        return load_yaml(text)
-    except Exception:
-        return text
+METRICS = ["test/accuracy", "val/accuracy", "feat/intra_class_std", "feat/mean_angle_deg",
+           "feat/min_interclass_angle_deg", "loss/frac_target_logit_negative", "loss/lambda"]
+SHOWN = ["val/accuracy", "test/accuracy"]  # the end-of-run table's metrics
+COUNTS = ["n", "failed", "diverged", "stopped"]
+MISSING = "-"  # a grid key that does not apply to a loss (e.g. loss.lam for softmax)
+STATS = ("mean", "std", "n", "se", "ci_low", "ci_high")
+DIGITS = 4
 
 
-def trials_frame(records: list[dict], metrics: list[str], param_keys: list[str]) -> pd.DataFrame:
-    """One row per record: loss, phase, seed, status, the given params and last metric values."""
+def trials_frame(trials: Iterable[TrialRecord], group_keys: list[str],
+                 selected: bool = False) -> pd.DataFrame:
+    """One row per trial: loss, key, seed, status, its group values and its last metrics.
+
+    `selected` adds a ``selected`` column (``k=v, ...`` of the trial's searched values).
+    """
     rows = []
-    for r in records:
-        row = {"loss": r["tags"].get("loss") or r["params"].get("loss"),
-               "phase": r["tags"].get("phase"), "seed": parse_param(r["tags"].get("seed")),
-               "status": r["tags"].get("status"), "run_id": r.get("run_id"),
-               "name": r.get("name")}
-        for key in param_keys:
-            row[key] = parse_param(r["params"].get(key))
-        for key in metrics:
-            row[key] = r["metrics"].get(key, math.nan)
+    for t in trials:
+        row: dict[str, Any] = {"loss": t.loss, "trial": t.key, "seed": t.seed, "status": t.status}
+        if selected:
+            row["selected"] = ", ".join(f"{k}={value_label(v)}" for k, v in t.params.items()) \
+                or "(defaults)"
+        for key in group_keys:
+            row[key] = t.params.get(key, MISSING)
+        for metric in METRICS:
+            value = t.metrics.get(metric)
+            row[metric] = float(value) if isinstance(value, (int, float)) else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["loss", "trial", "seed", "status",
+                                       *(["selected"] if selected else []), *group_keys,
+                                       *METRICS])
 
 
-def aggregate(frame: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
-    """mean, std (ddof=1; NaN for n=1) and n of `metrics` over the rows of each group."""
-    rows = []
-    for keys, group in frame.groupby(by, sort=True, dropna=False):
-        keys = keys if isinstance(keys, tuple) else (keys,)
-        row = dict(zip(by, keys))
-        row["n"] = len(group)
-        for metric in metrics:
-            values = (group[metric].astype(float).dropna() if metric in group
-                      else pd.Series([], dtype=float))
-            row[f"{metric} mean"] = values.mean() if len(values) else math.nan
-            row[f"{metric} std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-            row[f"{metric} n"] = len(values)
-        rows.append(row)
-    return pd.DataFrame(rows)
+def summarise(frame: pd.DataFrame, by: list[str], losses: list[str]) -> pd.DataFrame:
+    """Per group of `by`: trial counts by status and STATS of every metric (completed trials).
 
+    Groups are ordered by `losses` (the study's order), then by their values (numbers first).
+    """
+    from scipy import stats
 
-def summary_table(records: list[dict], study, best: dict[str, dict]) -> pd.DataFrame:
-    """The table logged on the parent run at the end of a study."""
-    finished = [r for r in records if r["tags"].get("status") in DONE]
-    if study.search:
-        final = [r for r in finished if r["tags"].get("phase") == "final"]
-        frame = trials_frame(final, STAT_METRICS, [])
-        if frame.empty:
-            return frame
-        table = aggregate(frame, ["loss"], STAT_METRICS)
-        table.insert(1, "selected", [
-            ", ".join(f"{k}={_fmt(v)}" for k, v in best.get(loss, {}).get("params", {}).items())
-            or "(defaults)" for loss in table["loss"]])
-        table.insert(2, "search best val", [best.get(loss, {}).get("value", math.nan)
-                                            for loss in table["loss"]])
-        return _order(table, study.losses)
-    grid_keys = list(study.grid)
-    frame = trials_frame(finished, STAT_METRICS, grid_keys)
+    columns = [*by, *COUNTS, *[f"{m} {s}" for m in METRICS for s in STATS]]
     if frame.empty:
-        return frame
-    frame[grid_keys] = frame[grid_keys].astype(object).where(frame[grid_keys].notna(), "-")
-    return _order(aggregate(frame, ["loss", *grid_keys], STAT_METRICS), study.losses)
-
-
-def _order(table: pd.DataFrame, losses: list[str]) -> pd.DataFrame:
+        return pd.DataFrame(columns=columns)
+    keyed = frame.assign(**{k: frame[k].map(_hashable) for k in by})
+    out = []
+    for group, rows in keyed.groupby(by, sort=False, dropna=False):
+        group = group if isinstance(group, tuple) else (group,)
+        line: dict[str, Any] = dict(zip(by, (rows[k].iloc[0] for k in by)))
+        status = rows["status"]
+        line.update(n=int((status == "completed").sum()), failed=int((status == "failed").sum()),
+                    diverged=int((status == "diverged").sum()),
+                    stopped=int((status == "stopped").sum()))
+        done = rows[status == "completed"]
+        for metric in METRICS:
+            values = done[metric].astype(float)
+            values = values[values.map(math.isfinite)]
+            n = len(values)
+            mean = values.mean() if n else math.nan
+            std = values.std(ddof=1) if n > 1 else math.nan
+            se = std / math.sqrt(n) if n > 1 else math.nan
+            half = stats.t.ppf(0.975, n - 1) * se if n > 1 else math.nan
+            line.update({f"{metric} mean": mean, f"{metric} std": std, f"{metric} n": n,
+                         f"{metric} se": se, f"{metric} ci_low": mean - half,
+                         f"{metric} ci_high": mean + half})
+        out.append(line)
+    table = pd.DataFrame(out, columns=columns)
     rank = {loss: i for i, loss in enumerate(losses)}
-    table = table.assign(_rank=table["loss"].map(rank)).sort_values("_rank", kind="stable")
-    return table.drop(columns="_rank").reset_index(drop=True)
+    order = sorted(range(len(table)), key=lambda i: (
+        rank.get(table.iloc[i]["loss"], len(rank)), str(table.iloc[i]["loss"]),
+        *(sort_key(table.iloc[i][k]) for k in by[1:])))
+    return table.iloc[order].reset_index(drop=True)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def summary_table(trials: Iterable[TrialRecord], mode: str, grid_keys: list[str],
+                  losses: list[str]) -> pd.DataFrame:
+    """The study's table: grid phase by loss x grid keys, or final phase by loss x selected."""
+    trials = list(trials)
+    if mode == "search":
+        frame = trials_frame([t for t in trials if t.phase == "final"], [], selected=True)
+        return summarise(frame, ["loss", "selected"], losses)
+    frame = trials_frame([t for t in trials if t.phase == "grid"], grid_keys)
+    return summarise(frame, ["loss", *grid_keys], losses)
 
 
-def mean_std(mean: float, std: float, n: int) -> str:
-    if not isinstance(mean, (int, float)) or math.isnan(mean):
-        return "-"
-    if n > 1 and not math.isnan(std):
-        return f"{mean:.4f} ± {std:.4f}"
-    return f"{mean:.4f}"
+def group_columns(table: pd.DataFrame) -> list[str]:
+    stat_columns = {f"{m} {s}" for m in METRICS for s in STATS}
+    return [c for c in table.columns if c not in stat_columns and c not in COUNTS]
 
 
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable version: 'mean ± std' cells, n per row."""
+def display_table(table: pd.DataFrame, metrics: list[str] = SHOWN,
+                  with_ci: bool = False) -> pd.DataFrame:
+    """Markdown-ready: group columns, 'mean ± std' (and '[low, high]') per metric, counts."""
+    out = pd.DataFrame({c: [value_label(v) for v in table[c]] for c in group_columns(table)})
+    for metric in metrics:
+        out[metric] = [fmt_mean(m, s, n) for m, s, n in zip(
+            table[f"{metric} mean"], table[f"{metric} std"], table[f"{metric} n"])]
+        if with_ci:
+            out[f"{metric} 95% CI"] = [fmt_ci(lo, hi) for lo, hi in zip(
+                table[f"{metric} ci_low"], table[f"{metric} ci_high"])]
+    for column in COUNTS:
+        out[column] = table[column].astype(int)
+    return out
+
+
+def to_markdown(table: pd.DataFrame, metrics: list[str] = SHOWN, with_ci: bool = False) -> str:
     if table.empty:
-        return table
+        return "(no finished trials)"
+    return display_table(table, metrics, with_ci).to_markdown(index=False)
+
+
+def fmt_number(value: Any) -> str:
+    """One number, the one way: DIGITS decimals, '-' for a missing or non-finite value."""
+    if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        return MISSING
+    return f"{float(value):.{DIGITS}f}"
+
+
+def fmt_mean(mean: Any, std: Any, n: Any) -> str:
+    """'0.9720 ± 0.0040' (n > 1), '0.9720' (n = 1) or '-' (no value)."""
+    if fmt_number(mean) == MISSING:
+        return MISSING
+    if isinstance(n, numbers.Real) and n > 1 and fmt_number(std) != MISSING:
+        return f"{fmt_number(mean)} ± {fmt_number(std)}"
+    return fmt_number(mean)
+
+
+def fmt_ci(low: Any, high: Any) -> str:
+    if fmt_number(low) == MISSING:
+        return MISSING
+    return f"[{fmt_number(low)}, {fmt_number(high)}]"
+
+
+def parquet_ready(table: pd.DataFrame) -> pd.DataFrame:
+    """pyarrow needs one type per column: group columns mixing numbers and '-' become text."""
     out = table.copy()
-    for metric in STAT_METRICS:
-        if f"{metric} mean" in out:
-            out[metric] = [mean_std(m, s, n) for m, s, n in zip(
-                out[f"{metric} mean"], out[f"{metric} std"], out[f"{metric} n"])]
-            out = out.drop(columns=[f"{metric} mean", f"{metric} std", f"{metric} n"])
-    if "search best val" in out:
-        out["search best val"] = [f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "-"
-                                  for v in out["search best val"]]
-    columns = [c for c in out.columns if c != "n"] + ["n"]
-    return out[columns]
+    for column in out.columns:
+        if out[column].dtype == object and not all(isinstance(v, str) for v in out[column]):
+            out[column] = [value_label(v) for v in out[column]]
+    return out
+
+
+def sort_key(value: Any) -> tuple:
+    """Numbers in numeric order, then booleans, then text."""
+    if isinstance(value, bool):
+        return (1, float(value), "")
+    if isinstance(value, numbers.Real):
+        return (0, float(value), "")
+    return (2, 0.0, str(value))
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

@@ -47,28 +47,35 @@ class FitResult:
 # -- validation: every bad input is a ConfigError before any compute ------------------------------
 
 def validate_config(config: Config) -> Config:
-    """Check a config against the registries; raises ConfigError naming what is wrong."""
-    config.check()
+    """Check a parsed config against the registries, before any data is loaded.
+
+    Raises ConfigError naming what is wrong: an unknown dataset, backbone or loss, a class count
+    above the dataset's, a loss hyperparameter out of range (HParamError), a sampler or batch
+    size that cannot give the loss the samples per class it needs.
+    """
     data = dataset_info(config.data.dataset)
     backbone_info(config.model.backbone)
-    info = _loss_info(config.loss.name)
+    info = loss_info(config.loss.name)
+    if data.num_classes and config.data.classes and config.data.classes > data.num_classes:
+        raise ConfigError(f"data.classes={config.data.classes} but dataset "
+                          f"'{config.data.dataset}' has only {data.num_classes} classes; use "
+                          f"data.classes <= {data.num_classes}")
     num_classes = config.data.classes or data.num_classes
-    try:
-        # Built on the CPU: cheap, and it runs every hyperparameter check of the loss.
-        build_loss(config.loss.name, num_classes=num_classes or 2,
-                   feature_dim=config.model.feature_dim, **config.loss.hparams)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    # Built on the CPU: it runs every hyperparameter check of the loss (targets are cached).
+    _build_loss(config, num_classes or 2)
     needed = info.cls.min_samples_per_class(**config.loss.hparams)
     if needed and num_classes:
         _check_batch_composition(config, num_classes, needed)
     return config
 
 
-def _loss_info(name: str):
+def _build_loss(config: Config, num_classes: int) -> FeatureLoss:
     try:
-        return loss_info(name)
-    except ValueError as exc:
+        return build_loss(config.loss.name, num_classes=num_classes,
+                          feature_dim=config.model.feature_dim, **config.loss.hparams)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a helper's own ValueError (e.g. centroid sizes): bad input too
         raise ConfigError(str(exc)) from exc
 
 
@@ -144,12 +151,7 @@ class _Run:
         self.model = build_backbone(
             config.model.backbone, in_channels=splits.in_channels, image_size=splits.image_size,
             feature_dim=config.model.feature_dim, dropout=config.model.dropout).to(self.device)
-        try:
-            loss = build_loss(config.loss.name, num_classes=self.num_classes,
-                              feature_dim=config.model.feature_dim, **config.loss.hparams)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        self.loss: FeatureLoss = loss.to(self.device)
+        self.loss: FeatureLoss = _build_loss(config, self.num_classes).to(self.device)
         self.optimizer = build_optimizer(config, self.model, self.loss)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda epoch: lr_factor(config, epoch))
@@ -170,6 +172,11 @@ class _Run:
             _check_batch_composition(self.config, self.num_classes, needed)
         if self.config.data.sampler == "balanced":
             balanced_per_class(self.config.train.batch_size, self.num_classes)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split, reported with every epoch (the tracker logs the dataset once)."""
+        return {"data/train_size": len(self.train_data), "data/val_size": len(self.val_data),
+                "data/test_size": len(self.test_data)}
 
     def autocast(self):
         bf16 = self.config.train.precision == "bf16" and self.device.type == "cuda"
@@ -278,8 +285,11 @@ def _to_cpu(obj: Any) -> Any:
 
 
 def fit(config: Config, report: ReportFn | None = None, resume: dict | None = None) -> FitResult:
-    """Train `config`; call ``report(metrics, state)`` after every epoch. See the module doc."""
-    validate_config(config)
+    """Train `config`; call ``report(metrics, state)`` after every epoch. See the module doc.
+
+    `config` must have passed `validate_config` (the CLI and the study expansion run it once);
+    checks that need the loaded data raise ConfigError/DataError here, before the first step.
+    """
     run = _Run(config)
     if resume is not None:
         run.load(resume)
@@ -316,6 +326,7 @@ def fit(config: Config, report: ReportFn | None = None, resume: dict | None = No
         metrics.update(run.loss.epoch_metrics())
         metrics["epoch_seconds"] = time.perf_counter() - started
         metrics["images_per_second"] = images / train_seconds
+        metrics.update(run.split_sizes())
         run.status = COMPLETED if last else "running"
         metrics["status"] = run.status
         run.metrics = metrics

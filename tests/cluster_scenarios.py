@@ -1,7 +1,7 @@
 """Multi-node scenarios on one machine, each run in its own process by tests/test_cluster.py.
 
-Real raylets via ``ray.cluster_utils.Cluster``; the study runs through ``featloss.hpo.run_study``
-exactly as ``featloss run --address`` does. Prints one JSON line with what the test checks.
+Real raylets via ``ray.cluster_utils.Cluster``; the study runs through
+``featloss.engine.run.run_study`` exactly as ``featloss run --address`` does. Prints one JSON line with what the test checks.
 
     python tests/cluster_scenarios.py {multi_node|node_failure|gpu_packing} WORKDIR
 """
@@ -23,9 +23,7 @@ import ray  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from conftest import tiny_study  # noqa: E402
-from featloss.hpo import RunOptions, run_study  # noqa: E402
-from featloss.study import expand, parse_study  # noqa: E402
+from conftest import run_inline, tiny_study  # noqa: E402
 
 
 def start_cluster(head_cpus: int, workers: list[dict]) -> tuple[Cluster, list]:
@@ -47,9 +45,7 @@ def trial_runs(uri: str, name: str) -> list:
 
 def run(raw: dict, workdir: Path, address: str) -> tuple[str, object]:
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    plan = expand(parse_study(raw, source=f"{raw['name']}.yaml"))
-    outcome = run_study(plan, RunOptions(tracking_uri=uri, storage=str(workdir / "results"),
-                                         address=address))
+    _, _, outcome = run_inline(raw, uri, workdir / "results", address=address)
     return uri, outcome
 
 

@@ -88,3 +88,21 @@ def mlflow_runs(uri: str, experiment: str) -> tuple[list, list]:
     parents = [r for r in runs if r.data.tags.get("featloss.role") == "parent"]
     trials = [r for r in runs if r.data.tags.get("featloss.role") == "trial"]
     return parents, trials
+
+
+def run_inline(raw: dict, uri: str, storage, smoke: bool = False, address: str | None = None,
+               max_concurrent: int | None = None):
+    """What `featloss run` does, in this process: (plan, record, outcome)."""
+    from featloss.engine.run import RunOptions, run_study
+    from featloss.engine.progress import Progress
+    from featloss.plan import expand
+    from featloss.record import StudyRecord
+    from featloss.study import parse_study
+    from featloss.tracking import check_store
+
+    plan = expand(parse_study(raw, source=f"{raw['name']}.yaml"), smoke=smoke)
+    check_store(uri)
+    record = StudyRecord.new(plan, uri, str(storage), f"{raw['name']}.yaml")
+    record.save()
+    outcome = run_study(plan, record, RunOptions(address, max_concurrent), Progress(every=1e9))
+    return plan, record, outcome

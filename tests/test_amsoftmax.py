@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import featloss.losses.amsoftmax  # noqa: F401  registers "amsoftmax"
-from featloss.losses.base import build_loss
+from featloss.losses import build_loss
 
 C, D, B = 6, 5, 10
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import featloss.losses.center  # noqa: F401  registers "center"
-from featloss.losses.base import build_loss
+from featloss.losses import build_loss
 
 
 def reference(x, y, weight, centers, lam):

@@ -60,7 +60,7 @@ def test_a_crashed_node_costs_no_finished_epoch(tmp_path):
     moved = {}
     for key in r["status"]:
         results = [json.loads(line) for line in
-                   (Path(r["results_dir"]) / "grid" / key / "result.json").open()]
+                   (Path(r["results_dir"]) / "tune" / "grid-1" / key / "result.json").open()]
         nodes = [x["node_id"] for x in results]
         if r["doomed"] in nodes and r["survivor"] in nodes:
             moved[key] = results

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import featloss.losses.ncm  # noqa: F401  registers "encm" and "cncm"
-from featloss.losses.base import build_loss
+from featloss.losses import build_loss
 
 
 def reference(x, y, anchors, scale):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import featloss.losses.lsoftmax  # noqa: F401  registers "lsoftmax"
-from featloss.losses.base import build_loss
+from featloss.losses import build_loss
 
 C, D, B = 5, 4, 12
 

@@ -1,8 +1,8 @@
-"""`featloss report`: tables, the best-dimension rule and plots from a real MLflow SQLite store.
+"""`featloss report`: tables, the best-dimension rule and plots, from a study's record.
 
-The studies are written with featloss's own MLflow writer (`tracking.StudyTracker`, the object a
-study logs through, so tags, params, per-epoch metrics and ``features.npz`` are exactly what a
-study produces) with hand-chosen metric values, and read back with the real `MlflowClient`.
+Studies are built by hand: a `StudyRecord` with chosen metric values (what a study's driver
+records) plus the MLflow parent and child runs written through featloss's own writers
+(`ParentRun`, `TrialRuns`), read back by the report and checked with the real `MlflowClient`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.text import Annotation
 from mlflow.tracking import MlflowClient
 
-from featloss import report as rp
-from featloss.config import Config
+import featloss.report as rp
 from featloss.errors import ConfigError
-from featloss.hpo import resolved_params
-from featloss.tracking import StudyTracker, study_runs
+from featloss.record import StudyRecord, TrialRecord
+from featloss.report import plots
+from featloss.report.tables import best_dims_table, best_feature_dim
+from featloss.summary import display_table, parquet_ready, summary_table
+from featloss.tracking import ParentRun, TrackingClient, TrialRuns, open_experiment
 from featloss.yamlio import dump_yaml
+
 
 # -- building a study in MLflow --------------------------------------------------------------------
 
@@ -51,40 +54,66 @@ def metrics_for(acc: float, dim: int, seed: int) -> dict:
             "feat/min_interclass_angle_deg": 60.0 + dim}
 
 
-def flat_params(loss_name: str, seed: int, dataset: str = "digits", **sections) -> dict:
-    """The params a study logs for this config (`hpo.resolved_params`)."""
-    raw = {"data": {"dataset": dataset, **sections.get("data", {})},
-           "model": {"backbone": "small_cnn", **sections.get("model", {})},
-           "loss": {"name": loss_name, **sections.get("loss", {})},
-           "train": sections.get("train", {}), "seed": seed}
-    return resolved_params(Config.from_dict(raw))
+class Built:
+    """A study written as a run writes it: record in a results folder, MLflow parent + children."""
+
+    def __init__(self, uri: str, raw: dict, results_dir: Path, planned: int) -> None:
+        self.uri = uri
+        self.raw = raw
+        results_dir.mkdir(parents=True, exist_ok=True)
+        self.record = StudyRecord(study=raw["name"], source=f"{raw['name']}.yaml",
+                                  study_yaml=dump_yaml(raw), tracking_uri=uri,
+                                  storage=str(results_dir.parent), results_dir=str(results_dir),
+                                  planned=planned)
+        client = TrackingClient(uri)
+        experiment = open_experiment(client, raw["name"])
+        self.parent = ParentRun(client, experiment, raw["name"])
+        self.parent_run_id = self.parent.start(raw["name"], {"results_dir": str(results_dir)},
+                                               {}, {"study.yaml": dump_yaml(raw)})
+        self.record.parent_run_id = self.parent_run_id
+        self.trials = TrialRuns(client, experiment, raw["name"], self.parent_run_id)
+        self.record.save()
+
+    def add(self, key: str, phase: str, loss: str, seed: int, params: dict, status: str,
+            metrics: dict | None, features: dict | None = None, **sections) -> str:
+        """One trial: 2 epochs logged (epoch 1 different: the report must use the last one)."""
+        import torch
+
+        from featloss.config import Config
+
+        raw = {"data": {"dataset": self.raw["data"]["dataset"]},
+               "model": {"backbone": "small_cnn", **self.raw.get("model", {})},
+               "loss": {"name": loss}, "seed": seed}
+        for key_path, value in params.items():
+            section, name = key_path.split(".")
+            raw.setdefault(section, {})[name] = value
+        for section, values in sections.items():
+            raw.setdefault(section, {}).update(values)
+        config = Config.from_dict(raw).to_dict()
+        run_id = self.trials.start(key, {"phase": phase, "loss": loss, "seed": str(seed)}, {})
+        if metrics is not None:
+            self.trials.log_epoch(run_id, {k: v / 2 for k, v in metrics.items()}, 1, 1000)
+            self.trials.log_epoch(run_id, metrics, 2, 2000)
+        if features is not None:
+            self.trials.log_features(run_id, {k: torch.as_tensor(v) for k, v in features.items()})
+        if status != "running":
+            self.trials.finish(run_id, status)
+        self.record.trials[key] = TrialRecord(
+            key=key, phase=phase, loss=loss, seed=seed, config=config, params=params,
+            status=status, metrics=metrics or {}, run_id=run_id, last_epoch=2, logged_epoch=2)
+        self.record.save()
+        return run_id
+
+    def finish(self) -> None:
+        self.record.finish("finished")
+        self.record.save()
+        self.parent.finish("FINISHED")
 
 
-def add_trial(tracker: StudyTracker, key: str, phase: str, seed: int, params: dict,
-              status: str, metrics: dict | None, features: dict | None = None) -> str:
-    """One child run exactly as a study logs it: 2 epochs, final metrics on the last one."""
-    import torch
-
-    run_id = tracker.start_child(key, phase, seed, params)
-    if metrics is not None:
-        # epoch 1 carries different values: the report must use the last epoch's
-        tracker.log_epoch(key, {k: v / 2 for k, v in metrics.items()}, step=1)
-        tracker.log_epoch(key, metrics, step=2)
-    if features is not None:
-        tracker.log_features(key, {k: torch.as_tensor(v) for k, v in features.items()})
-    if status != "running":
-        tracker.finish_child(key, status)
-    return run_id
-
-
-def build_grid_study(uri: str) -> StudyTracker:
-    tracker = StudyTracker(uri, "dims")
-    plan = {"study": "dims", "mode": "grid", "smoke": False,
-            "grid_trials": [{"key": str(i)} for i in range(24)], "searches": []}
-    tracker.start_parent(dump_yaml(GRID_STUDY), plan, {"mode": "grid", "smoke": "False"})
+def build_grid_study(uri: str, folder: Path) -> Built:
+    study = Built(uri, GRID_STUDY, folder / "dims-1", planned=24)
     for (loss, dim, dropout), values in GRID_ACC.items():
         for seed, value in enumerate(values):
-            params = flat_params(loss, seed, model={"feature_dim": dim, "dropout": dropout})
             key = f"grid-{loss}-feature_dim={dim}-dropout={dropout}-s{seed}"
             features = None
             if (loss, dim, dropout, seed) == ("softmax", 2, 0.0, 1):
@@ -93,30 +122,31 @@ def build_grid_study(uri: str) -> StudyTracker:
             if (loss, dim, dropout, seed) == ("softmax", 2, 0.5, 0):
                 features = {"features": FEATURES_B, "labels": np.array([0, 1, 1, 0]),
                             "class_vectors": np.array([[1.0, 0.0], [0.0, -0.5]], np.float32)}
+            cell = {"model.feature_dim": dim, "model.dropout": dropout}
             if isinstance(value, str):
-                add_trial(tracker, key, "grid", seed, params, value, None)
+                study.add(key, "grid", loss, seed, cell, value, None)
             else:
-                add_trial(tracker, key, "grid", seed, params, "completed",
+                study.add(key, "grid", loss, seed, cell, "completed",
                           metrics_for(value, dim, seed), features)
-    tracker.finish_parent("FINISHED")
-    return tracker
+    study.finish()
+    return study
 
 
 @pytest.fixture
-def grid_study(tracking_uri):
+def grid_study(tracking_uri, tmp_path):
     """A fresh copy per test (for tests that check what gets logged)."""
-    return build_grid_study(tracking_uri)
+    return build_grid_study(tracking_uri, tmp_path / "results")
 
 
 @pytest.fixture(scope="module")
-def shared_grid(mlflow_template, tmp_path_factory) -> tuple[str, StudyTracker]:
+def shared_grid(mlflow_template, tmp_path_factory) -> tuple[str, Built]:
     """One grid study for the tests that only read it (or log nothing they check)."""
     import shutil
 
-    path = tmp_path_factory.mktemp("report_grid") / "mlflow.db"
-    shutil.copy(mlflow_template, path)
-    uri = f"sqlite:///{path}"
-    return uri, build_grid_study(uri)
+    folder = tmp_path_factory.mktemp("report_grid")
+    shutil.copy(mlflow_template, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return uri, build_grid_study(uri, folder / "results")
 
 
 def row_of(table: pd.DataFrame, **values) -> pd.Series:
@@ -127,17 +157,17 @@ def row_of(table: pd.DataFrame, **values) -> pd.Series:
     return table[mask].iloc[0]
 
 
-def grid_table(uri: str) -> tuple[pd.DataFrame, rp.StudyInfo]:
-    parents, trials = study_runs(uri, "dims")
-    info = rp.study_info("dims", parents[0], dump_yaml(GRID_STUDY), None)
-    return rp.summary_table(trials, info), info
+GRID_KEYS = ["model.feature_dim", "model.dropout"]
+
+
+def grid_table(study: Built) -> pd.DataFrame:
+    return summary_table(study.record.trials.values(), "grid", GRID_KEYS, ["softmax", "pod"])
 
 
 # -- the summary table -----------------------------------------------------------------------------
 
 def test_summary_table_numbers_by_hand(shared_grid):
-    table, info = grid_table(shared_grid[0])
-    assert info.mode == "grid" and info.grid_keys == ["model.feature_dim", "model.dropout"]
+    table = grid_table(shared_grid[1])
     assert len(table) == 12
     assert list(table["loss"][:6]) == ["softmax"] * 6  # the study's loss order, then the grid's
     assert [(r["model.feature_dim"], r["model.dropout"]) for _, r in table[:3].iterrows()] == [
@@ -146,8 +176,12 @@ def test_summary_table_numbers_by_hand(shared_grid):
     cell = row_of(table, loss="softmax", model__feature_dim=16, model__dropout=0.0)
     assert cell["test/accuracy mean"] == pytest.approx(0.94)
     assert cell["test/accuracy std"] == pytest.approx(math.sqrt(2 * 0.03 ** 2))  # ddof = 1
+    assert cell["test/accuracy se"] == pytest.approx(0.03)  # std / sqrt(2)
+    half = 12.7062047362 * 0.03  # t(0.975, 1 dof) x se
+    assert cell["test/accuracy ci_low"] == pytest.approx(0.94 - half)
+    assert cell["test/accuracy ci_high"] == pytest.approx(0.94 + half)
     assert cell["test/accuracy n"] == 2 and cell["n"] == 2
-    assert cell["val/accuracy mean"] == pytest.approx(0.93)  # the last epoch, not epoch 1
+    assert cell["val/accuracy mean"] == pytest.approx(0.93)
     assert cell["feat/intra_class_std mean"] == pytest.approx(2.1)  # (1.6 + 2.6) / 2
     assert cell["feat/intra_class_std std"] == pytest.approx(math.sqrt(0.5))
     assert cell["feat/mean_angle_deg mean"] == pytest.approx(31.0)
@@ -158,46 +192,51 @@ def test_summary_table_numbers_by_hand(shared_grid):
     diverged = row_of(table, loss="softmax", model__feature_dim=16, model__dropout=0.5)
     assert diverged["n"] == 1 and diverged["diverged"] == 1 and diverged["failed"] == 0
     assert diverged["test/accuracy mean"] == pytest.approx(0.94)
-    assert math.isnan(diverged["test/accuracy std"])  # one seed: no std
+    assert math.isnan(diverged["test/accuracy std"])  # one seed: no std, no CI
+    assert math.isnan(diverged["test/accuracy ci_low"])
     failed = row_of(table, loss="pod", model__feature_dim=9, model__dropout=0.0)
     assert (failed["n"], failed["failed"], failed["diverged"]) == (1, 1, 0)
     assert failed["test/accuracy mean"] == pytest.approx(0.97)
 
-    shown = rp.display_summary(table)
+    shown = display_table(table, with_ci=True)
     text = shown.to_markdown(index=False)
     assert "0.9400 ± 0.0424" in text  # softmax d=16 dropout 0
-    line = row_of(shown, loss="softmax", model__feature_dim=16, model__dropout=0.5)
+    assert f"[{0.94 - half:.4f}, {0.94 + half:.4f}]" in text
+    line = row_of(shown, loss="softmax", model__feature_dim="16", model__dropout="0.5")
     assert line["test/accuracy"] == "0.9400"  # n = 1 shows the mean only
 
 
-def test_summary_counts_only_finished_trials_and_the_right_phase(tracking_uri):
-    tracker = StudyTracker(tracking_uri, "mixed")
-    study = {"name": "mixed", "losses": ["softmax", "center"], "seeds": [0, 1, 2]}
-    tracker.start_parent(dump_yaml(study), {"grid_trials": [{}] * 6, "searches": []},
-                         {"mode": "grid"})
-    for seed, (status, acc) in enumerate([("completed", 0.5), ("running", 0.9),
-                                          ("stopped", 0.1)]):
-        add_trial(tracker, f"grid-softmax-s{seed}", "grid", seed, flat_params("softmax", seed),
-                  status, metrics_for(acc, 16, seed))
-    add_trial(tracker, "grid-center-s0", "grid", 0, flat_params("center", 0), "running",
-              metrics_for(0.7, 16, 0))  # unfinished: no row at all
-    add_trial(tracker, "search-center-s1", "search", 1, flat_params("center", 1), "completed",
-              metrics_for(0.7, 16, 1))  # another phase: not part of a grid study's table
-    parents, trials = study_runs(tracking_uri, "mixed")
-    info = rp.study_info("mixed", parents[0], dump_yaml(study), None)
-    table = rp.summary_table(trials, info)
-    assert list(table["loss"]) == ["softmax"]
-    assert table["n"][0] == 1 and table["test/accuracy mean"][0] == pytest.approx(0.5)
-    note, finished, total = rp.partial_note(parents[0], trials, 6)
-    assert (note, finished, total) == ("partial: 3 of 6 trials finished", 3, 6)
+def test_summary_counts_only_finished_trials_and_the_right_phase():
+    trials = [hand_trial("softmax", seed, acc, 16, status)
+              for seed, (status, acc) in enumerate([("completed", 0.5), ("running", 0.9),
+                                                    ("stopped", 0.1)])]
+    trials.append(hand_trial("center", 0, 0.7, 16, "running"))  # unfinished, alone: no stats
+    trials.append(hand_trial("center", 1, 0.7, 16, "completed", phase="search"))  # other phase
+    table = summary_table(trials, "grid", [], ["softmax", "center"])
+    assert list(table["loss"]) == ["softmax", "center"]
+    softmax = row_of(table, loss="softmax")
+    assert (softmax["n"], softmax["stopped"]) == (1, 1)
+    assert softmax["test/accuracy mean"] == pytest.approx(0.5)
+    assert row_of(table, loss="center")["n"] == 0
+
+
+def test_partial_note_counts_finished_trials_of_the_record(tmp_path):
+    record = StudyRecord(study="s", source="s.yaml", study_yaml="", tracking_uri="sqlite:///x",
+                         storage=str(tmp_path), results_dir=str(tmp_path / "r"), planned=6)
+    for i, status in enumerate(["completed", "failed", "running"]):
+        record.trials[str(i)] = hand_trial("softmax", i, 0.5, 4, status)
+    assert rp.partial_note(record, 6) == "partial: 2 of 6 trials finished (study running)"
+    record.trials["2"].status = "completed"
+    record.finish("finished")
+    assert rp.partial_note(record, 6) == ""
 
 
 # -- the best feature dimension rule ---------------------------------------------------------------
 
 def test_best_dim_picks_a_smaller_dim_within_one_standard_error():
     # best: d=16, mean 0.75, std 0.5, n=4 -> se 0.25 -> threshold 0.5; d=8 (0.5) qualifies
-    best = rp.best_feature_dim([(4, 0.25, 0.1, 4), (8, 0.5, 0.1, 4), (16, 0.75, 0.5, 4),
-                                (32, 0.625, 0.1, 4)])
+    best = best_feature_dim([(4, 0.25, 0.1, 4), (8, 0.5, 0.1, 4), (16, 0.75, 0.5, 4),
+                             (32, 0.625, 0.1, 4)])
     assert best.feature_dim == 8 and best.mean == 0.5
     assert best.best_dim == 16 and best.threshold == pytest.approx(0.5)
 
@@ -205,22 +244,21 @@ def test_best_dim_picks_a_smaller_dim_within_one_standard_error():
 def test_best_dim_keeps_the_argmax_when_nothing_smaller_is_close_enough():
     # se = 0.25/√4 = 0.125 -> threshold 0.625; d=8 at 0.5 is outside; a larger dim inside is
     # not a smaller one
-    best = rp.best_feature_dim([(4, 0.25, 0.1, 4), (8, 0.5, 0.1, 4), (16, 0.75, 0.25, 4),
-                                (32, 0.7, 0.1, 4)])
+    best = best_feature_dim([(4, 0.25, 0.1, 4), (8, 0.5, 0.1, 4), (16, 0.75, 0.25, 4),
+                             (32, 0.7, 0.1, 4)])
     assert best.feature_dim == 16 == best.best_dim
     assert best.threshold == pytest.approx(0.625)
 
 
 def test_best_dim_one_seed_has_no_standard_error():
     # n = 1: se is 0 even with a std given, so a cell 1e-9 below the best is not chosen
-    best = rp.best_feature_dim([(2, 0.8 - 1e-9, math.nan, 1), (8, 0.8, 0.3, 1)])
+    best = best_feature_dim([(2, 0.8 - 1e-9, math.nan, 1), (8, 0.8, 0.3, 1)])
     assert best.feature_dim == 8 and best.threshold == 0.8
-    assert rp.best_feature_dim([(2, math.nan, math.nan, 0)]) is None
+    assert best_feature_dim([(2, math.nan, math.nan, 0)]) is None
 
 
 def test_best_dims_table_per_loss_and_other_grid_key(shared_grid):
-    table, info = grid_table(shared_grid[0])
-    best = rp.best_dims_table(table, info)
+    best = best_dims_table(grid_table(shared_grid[1]), GRID_KEYS)
     picks = {(r["loss"], r["model.dropout"]): (r["best feature_dim"], r["argmax feature_dim"])
              for _, r in best.iterrows()}
     assert picks == {
@@ -245,25 +283,22 @@ def errorbar_series(ax) -> dict[str, tuple[list, list, list]]:
     return out
 
 
-def hand_record(loss: str, seed: int, acc: float, dim: int, status: str = "completed",
-                phase: str = "grid", **params) -> dict:
-    """A trial record as tracking.run_record returns it (for plots that need no MLflow)."""
-    flat = {"loss": loss, "model.feature_dim": str(dim), "data.dataset": "digits",
-            "data.classes": "None", **{k: str(v) for k, v in params.items()}}
-    return {"run_id": f"{loss}-{dim}-{seed}-{params}", "name": "", "start_time": 0,
-            "params": flat, "tags": {"loss": loss, "seed": str(seed), "status": status,
-                                     "phase": phase, "feature_dim": str(dim)},
-            "metrics": metrics_for(acc, dim, seed), "status": "FINISHED"}
+def hand_trial(loss: str, seed: int, acc: float, dim: int, status: str = "completed",
+               phase: str = "grid", **params) -> TrialRecord:
+    """A trial as the record holds it (for tables and plots that need no MLflow)."""
+    cell = {"model.feature_dim": dim, **params}
+    return TrialRecord(key=f"{loss}-{dim}-{seed}-{params}", phase=phase, loss=loss, seed=seed,
+                       config={}, params=cell, status=status,
+                       metrics=metrics_for(acc, dim, seed))
 
 
 def test_accuracy_vs_feature_dim_one_series_per_loss_log_x_and_k_minus_1():
-    records = [hand_record(loss, s, acc + 0.02 * s, d)
+    records = [hand_trial(loss, s, acc + 0.02 * s, d)
                for loss, base in (("softmax", 0.5), ("pod", 0.6))
                for d, acc in ((2, base), (9, base + 0.2), (64, base + 0.1)) for s in (0, 1)]
-    info = rp.StudyInfo("sweep", "grid", ["softmax", "pod"], ["model.feature_dim"], [0, 1])
-    table = rp.summary_table(records, info)
-    fig = rp.plot_accuracy_vs_feature_dim(table, {None: 10}, None, info.grid_keys,
-                                          partial="partial: 3 of 5 trials finished")
+    table = summary_table(records, "grid", ["model.feature_dim"], ["softmax", "pod"])
+    fig = plots.plot_accuracy_vs_feature_dim(table, {None: 10}, None, ["model.feature_dim"],
+                                             partial="partial: 3 of 5 trials finished")
     (ax,) = fig.axes
     assert ax.get_xscale() == "log"
     series = errorbar_series(ax)
@@ -281,11 +316,11 @@ def test_accuracy_vs_feature_dim_one_series_per_loss_log_x_and_k_minus_1():
 
 
 def test_accuracy_vs_feature_dim_one_panel_per_class_count():
-    records = [hand_record("softmax", s, 0.5 + d / 100 + k / 1000, d, **{"data.classes": k})
+    records = [hand_trial("softmax", s, 0.5 + d / 100 + k / 1000, d, **{"data.classes": k})
                for k in (5, 10) for d in (2, 4, 8) for s in (0, 1)]
-    info = rp.StudyInfo("k", "grid", ["softmax"], ["data.classes", "model.feature_dim"], [0, 1])
-    table = rp.summary_table(records, info)
-    fig = rp.plot_accuracy_vs_feature_dim(table, {5: 5, 10: 10}, "data.classes", info.grid_keys)
+    keys = ["data.classes", "model.feature_dim"]
+    table = summary_table(records, "grid", keys, ["softmax"])
+    fig = plots.plot_accuracy_vs_feature_dim(table, {5: 5, 10: 10}, "data.classes", keys)
     assert len(fig.axes) == 2
     for ax, k in zip(fig.axes, (5, 10)):
         assert ax.get_xscale() == "log" and f"k = {k}" in ax.get_title()
@@ -296,14 +331,13 @@ def test_accuracy_vs_feature_dim_one_panel_per_class_count():
 
 
 def test_dropout_bars_with_augment_panels():
-    records = [hand_record(loss, s, base + p / 10 + (0.05 if aug else 0) + 0.02 * s, 16,
-                           **{"model.dropout": p, "data.augment": aug})
+    records = [hand_trial(loss, s, base + p / 10 + (0.05 if aug else 0) + 0.02 * s, 16,
+                          **{"model.dropout": p, "data.augment": aug})
                for loss, base in (("softmax", 0.5), ("encm", 0.6)) for p in (0.0, 0.3, 0.6)
                for aug in (False, True) for s in (0, 1)]
-    info = rp.StudyInfo("drop", "grid", ["softmax", "encm"], ["model.dropout", "data.augment"],
-                        [0, 1])
-    table = rp.summary_table(records, info)
-    fig = rp.plot_dropout(table, "data.augment", info.grid_keys)
+    keys = ["model.dropout", "data.augment"]
+    table = summary_table(records, "grid", keys, ["softmax", "encm"])
+    fig = plots.plot_dropout(table, "data.augment", keys)
     assert len(fig.axes) == 2
     for ax, aug in zip(fig.axes, (False, True)):
         assert f"augment={aug}" in ax.get_title()
@@ -320,8 +354,8 @@ def test_dropout_bars_with_augment_panels():
 
 
 def test_heatmap_values(shared_grid):
-    table, info = grid_table(shared_grid[0])
-    fig = rp.plot_heatmap(table, "softmax", "model.feature_dim", "model.dropout")
+    table = grid_table(shared_grid[1])
+    fig = plots.plot_heatmap(table, "softmax", "model.feature_dim", "model.dropout")
     ax = fig.axes[0]
     values = np.ma.filled(ax.images[0].get_array(), np.nan)
     assert values == pytest.approx(np.array([[0.62, 0.60], [0.92, 0.93], [0.94, 0.94]]))
@@ -333,7 +367,8 @@ def test_heatmap_values(shared_grid):
 
 def test_features_2d_scatter_and_class_vectors():
     labels = np.array([0, 1, 1, 0])
-    fig = rp.plot_features_2d(FEATURES_B, labels, np.array([[1.0, 0.0], [0.0, -0.5]]), "pod")
+    fig = plots.plot_features_2d(FEATURES_B, labels, np.array([[1.0, 0.0], [0.0, -0.5]]),
+                                 "pod")
     ax = fig.axes[0]
     points = np.concatenate([c.get_offsets() for c in ax.collections])
     assert sorted(map(tuple, points)) == sorted(map(tuple, FEATURES_B.tolist()))
@@ -345,7 +380,8 @@ def test_features_2d_scatter_and_class_vectors():
     assert arrows[0].xy == pytest.approx((reach, 0.0))
     assert arrows[1].xy == pytest.approx((0.0, -reach / 2))
     assert ax.get_xlim()[1] >= reach and ax.get_ylim()[0] <= -reach / 2  # arrows in view
-    empty = rp.plot_features_2d(FEATURES_A, np.array([0, 1, 2]), np.zeros((0, 2)), "softmax")
+    empty = plots.plot_features_2d(FEATURES_A, np.array([0, 1, 2]), np.zeros((0, 2)),
+                                   "softmax")
     assert not [t for t in empty.axes[0].texts if isinstance(t, Annotation)]
 
 
@@ -362,49 +398,45 @@ SOFTMAX_TRIALS = pd.DataFrame({"number": [0, 1, 2, 3], "value": [0.6, math.nan, 
                                "state": ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]})
 
 
-def build_search_study(uri: str) -> StudyTracker:
-    """Search phase done, final phase: pod seed 1 still running; the parent is RUNNING."""
-    tracker = StudyTracker(uri, "cmp")
-    plan = {"study": "cmp", "mode": "search", "smoke": False, "grid_trials": [],
-            "searches": [{"loss": "softmax", "trials": 3, "space": {"train.lr": {}}},
-                         {"loss": "pod", "trials": 3, "space": {"loss.lam": {}}}]}
-    tracker.start_parent(dump_yaml(SEARCH_STUDY), plan, {"mode": "search", "smoke": "False"})
-    tracker.log_text(SOFTMAX_TRIALS.to_csv(index=False), "optuna/softmax_trials.csv")
-    tracker.log_text(POD_TRIALS.to_csv(index=False), "optuna/pod_trials.csv")
-    tracker.log_text(json.dumps({"loss.lam": 0.7, "train.lr": 0.3}), "optuna/pod_importance.json")
-    for loss, number, extra in [("softmax", n, {"train": {"lr": lr}}) for n, lr in
-                                enumerate([0.1, 0.01, 0.05])] + \
-                               [("pod", n, {"loss": {"lam": lam}}) for n, lam in
-                                enumerate([1.0, 0.3, 2.0])]:
-        add_trial(tracker, f"search-{loss}-{number}", "search", 0,
-                  flat_params(loss, 0, model={"feature_dim": 2}, **extra), "completed",
+def build_search_study(uri: str, folder: Path) -> Built:
+    """Search phase done, final phase: pod seed 1 still running; the study is running."""
+    study = Built(uri, SEARCH_STUDY, folder / "cmp-1", planned=10)
+    study.parent.log_text(SOFTMAX_TRIALS.to_csv(index=False), "optuna/softmax_trials.csv")
+    study.parent.log_text(POD_TRIALS.to_csv(index=False), "optuna/pod_trials.csv")
+    study.parent.log_text(json.dumps({"loss.lam": 0.7, "train.lr": 0.3}),
+                          "optuna/pod_importance.json")
+    for loss, number, params in [("softmax", n, {"train.lr": lr}) for n, lr in
+                                 enumerate([0.1, 0.01, 0.05])] + \
+                                [("pod", n, {"loss.lam": lam}) for n, lam in
+                                 enumerate([1.0, 0.3, 2.0])]:
+        study.add(f"search-{loss}-{number}", "search", loss, 0, params, "completed",
                   {"val/accuracy": 0.5})
     finals = [("softmax", 0, "completed", 0.88), ("softmax", 1, "completed", 0.92),
               ("pod", 0, "completed", 0.95), ("pod", 1, "running", 0.99)]
     for loss, seed, status, acc in finals:
-        extra = {"train": {"lr": 0.05}} if loss == "softmax" else {"loss": {"lam": 0.3}}
+        params = {"train.lr": 0.05} if loss == "softmax" else {"loss.lam": 0.3}
         features = {"features": FEATURES_A, "labels": np.array([0, 1, 2]),
                     "class_vectors": np.eye(3, 2, dtype=np.float32)} if loss == "pod" else None
-        add_trial(tracker, f"final-{loss}-s{seed}", "final", seed,
-                  flat_params(loss, seed, model={"feature_dim": 2}, **extra), status,
+        study.add(f"final-{loss}-s{seed}", "final", loss, seed, params, status,
                   metrics_for(acc, 2, seed), features)
-    return tracker
+    return study
 
 
 def test_search_history_and_importance_plots():
-    fig = rp.plot_search_history(SOFTMAX_TRIALS, "softmax", partial="partial: 1 of 2 trials "
-                                                                    "finished")
+    fig = plots.plot_search_history(SOFTMAX_TRIALS, "softmax",
+                                    partial="partial: 1 of 2 trials finished")
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines["trial"].get_xdata()) == [0, 2, 3]  # the failed trial is left out
     assert list(lines["trial"].get_ydata()) == [0.6, 0.4, 0.9]
     assert list(lines["best so far"].get_ydata()) == [0.6, 0.6, 0.9]
     assert "partial" in ax.get_title() and ax.get_xlabel() == "Optuna trial number"
-    low = rp.plot_search_history(SOFTMAX_TRIALS, "softmax", mode="min").axes[0]
+    low = plots.plot_search_history(SOFTMAX_TRIALS, "softmax", mode="min").axes[0]
     assert list([line for line in low.get_lines() if line.get_label() == "best so far"][0]
                 .get_ydata()) == [0.6, 0.4, 0.4]
 
-    fig = rp.plot_importance({"loss.lam": 0.7, "train.lr": 0.2, "model.feature_dim": 0.1}, "pod")
+    fig = plots.plot_importance({"loss.lam": 0.7, "train.lr": 0.2, "model.feature_dim": 0.1},
+                                "pod")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["model.feature_dim", "train.lr",
                                                             "loss.lam"]
@@ -412,9 +444,9 @@ def test_search_history_and_importance_plots():
 
 
 def test_search_study_report_is_partial(tracking_uri, tmp_path):
-    tracker = build_search_study(tracking_uri)
+    study = build_search_study(tracking_uri, tmp_path / "results")
     report = rp.build_report(tracking_uri, "cmp", str(tmp_path / "out"))
-    assert report.partial == "partial: 9 of 10 trials finished"
+    assert report.partial == "partial: 9 of 10 trials finished (study running)"
     table = report.table
     assert list(table["loss"]) == ["softmax", "pod"]
     assert list(table["selected"]) == ["train.lr=0.05", "loss.lam=0.3"]
@@ -427,27 +459,38 @@ def test_search_study_report_is_partial(tracking_uri, tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "partial: 9 of 10 trials finished" in "\n".join(text.splitlines()[:3])
     client = MlflowClient(tracking_uri=tracking_uri)
-    logged = {Path(a.path).name for a in client.list_artifacts(tracker.parent_run_id, "report")}
+    logged = {Path(a.path).name for a in client.list_artifacts(study.parent_run_id, "report")}
     assert logged == files
-    # once the last trial and the parent finish, the same report is complete
-    tracker.finish_child("final-pod-s1", "completed")
-    tracker.finish_parent("FINISHED")
+    # once the last trial and the study finish, the same report is complete
+    study.record.trials["final-pod-s1"].status = "completed"
+    study.finish()
     again = rp.build_report(tracking_uri, "cmp", str(tmp_path / "out2"))
     assert again.partial == "" and list(again.table["n"]) == [2, 2]
     assert "partial" not in (tmp_path / "out2" / "report.md").read_text()
+
+
+def test_report_reads_the_logged_record_when_the_results_folder_is_gone(tracking_uri,
+                                                                        tmp_path):
+    import shutil
+
+    study = build_grid_study(tracking_uri, tmp_path / "results")
+    study.parent.log_text(study.record.model_dump_json(), "featloss_state.json")
+    shutil.rmtree(tmp_path / "results")
+    report = rp.build_report(tracking_uri, "dims", str(tmp_path / "out"))
+    assert len(report.table) == 12 and report.partial == ""
 
 
 # -- the command, end to end -----------------------------------------------------------------------
 
 def test_cmd_report_end_to_end(grid_study, tracking_uri, tmp_path, capsys, monkeypatch):
     drawn = []
-    real = rp.plot_features_2d
+    real = plots.plot_features_2d
 
     def spy(features, labels, vectors, loss, partial="", run=""):
         drawn.append((loss, np.asarray(features).tolist(), np.asarray(vectors).tolist(), run))
         return real(features, labels, vectors, loss, partial, run)
 
-    monkeypatch.setattr(rp, "plot_features_2d", spy)
+    monkeypatch.setattr(plots, "plot_features_2d", spy)
     out = tmp_path / "report"
     args = argparse.Namespace(study="dims", out=str(out), tracking_uri=tracking_uri, parent=None)
     assert rp.cmd_report(args) == 0
@@ -484,7 +527,7 @@ def test_cmd_report_end_to_end(grid_study, tracking_uri, tmp_path, capsys, monke
     from PIL import Image
 
     with Image.open(out / "features_2d_softmax.png") as image:
-        assert image.info.get("dpi", (rp.DPI, rp.DPI))[0] == pytest.approx(rp.DPI, abs=1)
+        assert image.info.get("dpi", (plots.DPI, plots.DPI))[0] == pytest.approx(plots.DPI, abs=1)
 
 
 def test_parent_option_and_bad_input(shared_grid, tmp_path):
@@ -505,14 +548,13 @@ def test_parent_option_and_bad_input(shared_grid, tmp_path):
 
 
 def test_grid_key_missing_for_a_loss_is_a_dash_and_parquet_still_writes(tmp_path):
-    records = [hand_record("softmax", s, 0.5, 16) for s in (0, 1)]
-    records += [hand_record("center", s, 0.6 + lam / 10, 16, **{"loss.lam": lam})
+    records = [hand_trial("softmax", s, 0.5, 16) for s in (0, 1)]
+    records += [hand_trial("center", s, 0.6 + lam / 10, 16, **{"loss.lam": lam})
                 for lam in (0.1, 1.0) for s in (0, 1)]
-    info = rp.StudyInfo("lam", "grid", ["softmax", "center"], ["loss.lam"], [0, 1])
-    table = rp.summary_table(records, info)
+    table = summary_table(records, "grid", ["loss.lam"], ["softmax", "center"])
     assert list(zip(table["loss"], table["loss.lam"])) == [("softmax", "-"), ("center", 0.1),
                                                           ("center", 1.0)]
-    rp._parquet_ready(table).to_parquet(tmp_path / "t.parquet")
+    parquet_ready(table).to_parquet(tmp_path / "t.parquet")
     back = pd.read_parquet(tmp_path / "t.parquet")
     assert list(back["loss.lam"]) == ["-", "0.1", "1"]
     assert back["test/accuracy mean"].tolist() == pytest.approx([0.5, 0.61, 0.7])
@@ -520,7 +562,9 @@ def test_grid_key_missing_for_a_loss_is_a_dash_and_parquet_still_writes(tmp_path
 
 def test_missing_database_is_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="no MLflow database"):
-        rp.build_report(f"sqlite:///{tmp_path}/absent.db", "dims", str(tmp_path / "out"))
+        rp.cmd_report(argparse.Namespace(study="dims", out=str(tmp_path / "out"),
+                                         tracking_uri=f"sqlite:///{tmp_path}/absent.db",
+                                         parent=None))
     assert not (tmp_path / "absent.db").exists()
 
 
@@ -537,14 +581,12 @@ def test_parser_defaults():
 
 
 def test_best_dimension_is_selected_on_validation_never_on_test():
-    info = rp.StudyInfo(name="sel", mode="grid", losses=["pod"], grid_keys=["model.feature_dim"],
-                        seeds=[0, 1, 2])
     table = pd.DataFrame({
         "loss": ["pod", "pod"], "model.feature_dim": [4, 32],
         "val/accuracy mean": [0.90, 0.80], "val/accuracy std": [0.0, 0.0],
         "val/accuracy n": [3, 3],
         "test/accuracy mean": [0.70, 0.99], "test/accuracy std": [0.01, 0.01],  # test disagrees
     })
-    row = rp.best_dims_table(table, info).iloc[0]
+    row = best_dims_table(table, ["model.feature_dim"]).iloc[0]
     assert row["best feature_dim"] == 4 and row["argmax feature_dim"] == 4
     assert row["its val mean"] == pytest.approx(0.90) and row["its test mean"] == pytest.approx(0.70)

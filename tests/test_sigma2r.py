@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import featloss.losses.sigma2r  # noqa: F401  registers "sigma2r"
-from featloss.losses.base import build_loss
+from featloss.losses import build_loss
 from featloss.losses.sigma2r import Sigma2RLoss
 
 

@@ -41,9 +41,8 @@ CASES = {
                        "a log distribution needs low > 0"),
     "grid_unknown_key": ({**{k: v for k, v in GOOD.items() if k != "search"},
                           "grid": {"model.depth": [1, 2]}}, "grid over an unknown key"),
-    "empty_losses": (variant(losses=[]), "'losses' must be a non-empty list"),
-    "non_integer_seeds": (variant(seeds=[0, "one"]),
-                          "'seeds' must be a non-empty list of integers"),
+    "empty_losses": (variant(losses=[]), "losses must not be empty"),
+    "non_integer_seeds": (variant(seeds=[0, "one"]), "seeds[1] must be an integer, got 'one'"),
     "sigma2r_random_sampler": (variant(losses=["sigma2r"]),
                                "data.sampler=random cannot give loss 'sigma2r'"),
 }

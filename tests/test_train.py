@@ -74,7 +74,7 @@ def test_resuming_a_finished_run_recomputes_nothing():
 
 def test_a_diverging_trial_ends_with_a_status_instead_of_an_exception():
     reports = []
-    result = fit(digits_config(**{"train.lr": 1e12, "train.divergence_check_every": 1}),
+    result = fit(digits_config(**{"train.lr": 1e5, "train.divergence_check_every": 1}),
                  lambda m, s: reports.append(m))
     assert result.status == "diverged"
     assert reports[-1]["status"] == "diverged" and math.isnan(reports[-1]["train/loss"])

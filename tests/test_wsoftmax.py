@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import featloss.losses.wsoftmax  # noqa: F401  registers "wsoftmax"
-from featloss.losses.base import build_loss
+from featloss.losses import build_loss
 
 D = 5
 

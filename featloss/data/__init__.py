@@ -1,16 +1,9 @@
 """Datasets: a registry of sources, the `data` options, and device-resident batches."""
 
+from featloss.data import sources  # noqa: F401  registers the built-in datasets
 from featloss.data.batches import DeviceData, epoch_order, random_crop_flip
-from featloss.data.registry import (
-    DataSplits,
-    DatasetInfo,
-    RawDataset,
-    Split,
-    dataset_info,
-    list_datasets,
-    load_splits,
-    register_dataset,
-)
+from featloss.data.registry import DATASETS, DatasetInfo, RawDataset, register_dataset
+from featloss.data.splits import DataSplits, Split, load_splits
 
 __all__ = [
     "DataSplits",
@@ -25,3 +18,12 @@ __all__ = [
     "random_crop_flip",
     "register_dataset",
 ]
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.keys()
+
+
+def dataset_info(key: str) -> DatasetInfo:
+    """The record of dataset `key`. Raises ConfigError when unknown."""
+    return DATASETS.get(key)

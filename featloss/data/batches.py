@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from featloss.data.registry import Split
+from featloss.data.splits import Split
 from featloss.errors import ConfigError
 
 PAD = 4  # pixels of zero padding before the random crop (the "+" datasets)

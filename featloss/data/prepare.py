@@ -60,7 +60,7 @@ def prepare_dataset(key: str, root: str) -> str:
 def _stageable(key: str) -> tuple[str, str]:
     if key in STAGEABLE:
         return STAGEABLE[key]
-    from featloss.data.registry import dataset_info  # imports torch: only on this error path
+    from featloss.data import dataset_info  # imports torch: only on this error path
 
     stageable = ", ".join(STAGEABLE)
     try:

@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
+
+from featloss.errors import HParamError, quote
+from featloss.registry import Registry
 
 
 @dataclass
@@ -51,6 +54,19 @@ class HParam:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """The training recipe a loss's paper uses and featloss needs to train it.
+
+    `settings` are config overrides by dotted key (``data.sampler``, ``train.loss_lr``, ...),
+    applied to a run of this loss unless the study or command sets that key itself; `why` says
+    where each comes from (paper section or measurement).
+    """
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    why: str = ""
+
+
+@dataclass(frozen=True)
 class LossInfo:
     key: str
     cls: type
@@ -58,6 +74,7 @@ class LossInfo:
     equations: str
     logits_meaning: str
     hparams: tuple[HParam, ...]
+    recipe: Recipe = field(default_factory=Recipe)
 
 
 class FeatureLoss(nn.Module):
@@ -105,10 +122,11 @@ class FeatureLoss(nn.Module):
 
 
 def check_range(loss: FeatureLoss | str, arg: str, value: Any, ok: bool, allowed: str) -> None:
-    """Raise the contract's ValueError: loss name, argument, allowed range."""
+    """Raise the contract's ValueError (as `HParamError`): loss name, argument, allowed range."""
     if not ok:
         name = loss if isinstance(loss, str) else (type(loss).key or type(loss).__name__)
-        raise ValueError(f"loss '{name}': {arg}={value!r} is invalid; allowed: {allowed}")
+        raise HParamError(name, arg, f"loss '{name}': {arg}={quote(value)} is invalid; "
+                                     f"allowed: {allowed}")
 
 
 def check_integer(loss: FeatureLoss, arg: str, value: Any, minimum: int) -> int:
@@ -131,19 +149,19 @@ def check_choice(loss: FeatureLoss, arg: str, value: Any, choices: tuple[str, ..
     return value
 
 
-_REGISTRY: dict[str, LossInfo] = {}
+LOSSES: Registry[LossInfo] = Registry("loss")  # filled by the modules `featloss.losses` imports
 
 
-def register_loss(key: str, *, paper: str, equations: str, logits: str) -> Callable[[type], type]:
+def register_loss(key: str, *, paper: str, equations: str, logits: str,
+                  recipe: Recipe | None = None) -> Callable[[type], type]:
     """Class decorator adding a loss to the registry under `key` (its module name)."""
 
     def wrap(cls: type) -> type:
-        if key in _REGISTRY:
-            raise KeyError(f"loss '{key}' is registered twice")
         if not issubclass(cls, FeatureLoss):
             raise TypeError(f"{cls.__name__} must subclass FeatureLoss")
         cls.key = key
-        _REGISTRY[key] = LossInfo(key, cls, paper, equations, logits, _hparams_of(cls))
+        LOSSES.add(key, LossInfo(key, cls, paper, equations, logits, _hparams_of(cls),
+                                 recipe or Recipe()))
         return cls
 
     return wrap
@@ -156,33 +174,6 @@ def _hparams_of(cls: type) -> tuple[HParam, ...]:
         for p in params
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     )
-
-
-def list_losses() -> list[str]:
-    _load_builtin_losses()
-    return list(_REGISTRY)
-
-
-def loss_info(name: str) -> LossInfo:
-    _load_builtin_losses()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss '{name}'; known losses: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def build_loss(name: str, *, num_classes: int, feature_dim: int, **hparams: Any) -> FeatureLoss:
-    info = loss_info(name)
-    known = {h.name for h in info.hparams}
-    unknown = sorted(set(hparams) - known)
-    if unknown:
-        raise ValueError(f"loss '{name}': unknown hyperparameter '{unknown[0]}'; "
-                         f"known: {', '.join(sorted(known)) or 'none'}")
-    return info.cls(num_classes=num_classes, feature_dim=feature_dim, **hparams)
-
-
-def _load_builtin_losses() -> None:
-    # Importing the catalogue registers every built-in loss (no other side effects).
-    import featloss.losses  # noqa: F401
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -1,0 +1,96 @@
+"""`load_splits`: a registered dataset with the `data` options applied.
+
+First k classes, stratified caps, the seeded validation split carved from train, and the
+normalisation statistics of the training split. Raw datasets are cached per process: Tune actors
+reused across trials load each dataset once.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import featloss.data.sources  # noqa: F401  registers the built-in datasets
+from featloss.config import DataConfig
+from featloss.data.registry import DATASETS, RawDataset, stratified_cap, stratified_split
+from featloss.errors import ConfigError
+
+
+@dataclass
+class Split:
+    images: Tensor  # (N, C, H, W) uint8
+    labels: Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+@dataclass
+class DataSplits:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    in_channels: int
+    image_size: int
+    class_names: list[str]
+    mean: Tensor  # (C,) per-channel mean of the training split, in [0, 1]
+    std: Tensor  # (C,)
+
+
+def load_splits(cfg: DataConfig) -> DataSplits:
+    """Load a dataset and apply the `data` options. Raises ConfigError on bad input."""
+    info = DATASETS.get(cfg.dataset)
+    raw = _load_raw(info.key, cfg.root, cfg.image_size)
+    available = len(raw.class_names)
+    num_classes = available
+    train_x, train_y, test_x, test_y = (raw.train_images, raw.train_labels, raw.test_images,
+                                        raw.test_labels)
+    if cfg.classes is not None:
+        if cfg.classes > available:
+            raise ConfigError(f"data.classes={cfg.classes} but dataset '{cfg.dataset}' has only "
+                              f"{available} classes; use data.classes <= {available}")
+        num_classes = cfg.classes
+        keep = train_y < num_classes
+        train_x, train_y = train_x[keep], train_y[keep]
+        keep = test_y < num_classes
+        test_x, test_y = test_x[keep], test_y[keep]
+
+    gen = torch.Generator().manual_seed(cfg.split_seed)
+    train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, gen, min_held=1)
+    if cfg.max_train_samples is not None:
+        train_idx = stratified_cap(train_idx, train_y, cfg.max_train_samples, gen)
+    test_idx = torch.arange(len(test_y))
+    if cfg.max_eval_samples is not None:
+        val_idx = stratified_cap(val_idx, train_y, cfg.max_eval_samples, gen)
+        test_idx = stratified_cap(test_idx, test_y, cfg.max_eval_samples, gen)
+    if len(val_idx) == 0:
+        raise ConfigError(f"data.val_fraction={cfg.val_fraction} leaves an empty validation "
+                          f"split for '{cfg.dataset}'; use a larger fraction")
+
+    train = Split(train_x[train_idx].contiguous(), train_y[train_idx].contiguous())
+    images = train.images.float().div_(255.0)
+    mean = images.mean(dim=(0, 2, 3))
+    std = images.std(dim=(0, 2, 3)).clamp_min(1e-3)  # constant channels (fuzzy_rgb) stay finite
+    return DataSplits(
+        train=train,
+        val=Split(train_x[val_idx].contiguous(), train_y[val_idx].contiguous()),
+        test=Split(test_x[test_idx].contiguous(), test_y[test_idx].contiguous()),
+        num_classes=num_classes,
+        in_channels=int(train_x.shape[1]),
+        image_size=int(train_x.shape[-1]),
+        class_names=raw.class_names[:num_classes],
+        mean=mean,
+        std=std,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_raw(key: str, root: str | None, image_size: int | None) -> RawDataset:
+    # Cached per process: Tune actors reused across trials load each dataset once.
+    return DATASETS.get(key).load(root, image_size)
+
+

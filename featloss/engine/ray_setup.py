@@ -1,0 +1,132 @@
+"""Starting or joining Ray, quietly and with bounded waits.
+
+A run without ``--address`` always starts a fresh local Ray (a bare ``ray.init()`` would join any
+cluster a ``ray start`` left recorded on this machine, even a dead one). ``--address`` is checked
+with a plain TCP connection first, so an unreachable cluster is one line within seconds instead
+of Ray's own endless reconnect loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from featloss.errors import ConfigError
+
+CONNECT_TIMEOUT_S = 10.0
+
+QUIET_ENV = {  # setdefault: a user's own setting wins
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # a diverged trial reports no val metrics
+    "TUNE_GLOBAL_CHECKPOINT_S": "600",  # featloss's record is the study's state, not Tune's
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "TUNE_WARN_INSUFFICENT_RESOURCE_THRESHOLD_S": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # the old engine prints nothing at verbose=0; we print progress
+}
+
+
+def quiet_environment() -> None:
+    """Ray/Tune settings featloss relies on, and no notices it prints its own version of."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    # Ray >= 2.59 announces token authentication on every start; it stays enabled, unsaid.
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    # Tune's "Tuner.restore" hint: featloss prints its own `featloss resume` line.
+    logging.getLogger("ray.tune.impl.tuner_internal").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
+
+
+def check_address(address: str) -> None:
+    """Raise ConfigError unless ``host:port`` accepts a TCP connection within seconds.
+
+    ``auto`` (a cluster recorded on this machine) and ``ray://`` client addresses are left to
+    Ray itself.
+    """
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected HOST:PORT of a Ray head (e.g. "
+                          f"10.0.0.5:6379) or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: cannot join the Ray cluster "
+                          f"({exc.strerror or exc}); is `ray start --head` running there?") \
+            from None
+
+
+def check_local_resources(resources: dict[str, float]) -> None:
+    """Resources a local run's only node can never offer are bad input (the run would wait
+    forever). Raises ConfigError."""
+    import torch
+
+    cpus = os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if resources["cpu"] > cpus:
+        raise ConfigError(f"resources.cpu={resources['cpu']:g} but this machine has {cpus} CPUs; "
+                          f"a trial could never start (lower it, or join a cluster with "
+                          f"--address)")
+    if resources["gpu"] > gpus:
+        raise ConfigError(f"resources.gpu={resources['gpu']:g} but this machine has {gpus} "
+                          f"GPUs; a trial could never start (set resources.gpu: 0, or join a "
+                          f"cluster with --address)")
+
+
+def start_ray(address: str | None) -> bool:
+    """Start a local Ray or join `address`; True when this call started it (and owns it).
+
+    Raises ConfigError when the cluster cannot be joined.
+    """
+    quiet_environment()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        check_address(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"--address {address}: cannot join the Ray cluster "
+                              f"({str(exc).strip().splitlines()[0]})") from None
+    else:
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                 **kwargs)
+    return True
+
+
+def stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def cluster_slots(resources: dict[str, float]) -> int:
+    """How many trials of `resources` the cluster can run at once (>= 1)."""
+    import ray
+
+    total = ray.cluster_resources()
+    slots = [int(total.get("CPU", 1) // max(resources["cpu"], 1e-9))]
+    if resources["gpu"] > 0:
+        slots.append(int(total.get("GPU", 0) // resources["gpu"] + 1e-9))
+    return max(1, min(slots))
+
+
+def fits_some_node(resources: dict[str, float]) -> bool:
+    """Whether any live node offers `resources` in total (not just now)."""
+    import ray
+
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources", {})
+        if have.get("CPU", 0) >= resources["cpu"] and have.get("GPU", 0) >= resources["gpu"]:
+            return True
+    return False

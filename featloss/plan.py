@@ -1,0 +1,501 @@
+"""A study expanded into trial configs, validated, before anything starts.
+
+A trial's config is built by one merge rule, later layers deep-merging over earlier ones:
+
+    Config defaults <- the loss's recipe (keys the study leaves unset) <- study data/model/train
+                    <- per_loss[loss] <- grid cell | searched params <- seed
+
+- **grid** (no ``search``): ``losses`` x ``grid`` x ``seeds``, every cell run. A
+  ``{around_k_minus_1: [factors]}`` axis is resolved per cell from its class count k;
+  ``loss.<hparam>`` axes apply to the losses that have the hyperparameter.
+- **search**: per loss, an exact budget of Optuna trials over the loss's space (its
+  ``search_spaces/<loss>.yaml`` + the ``search.common`` keys of ``_common.yaml`` + inline
+  ``search.space[loss]``), the config's own values evaluated first; with ``sampler: grid`` every
+  point of the space exactly once. Then a **final** phase re-runs each loss's best config for
+  every seed with test metrics.
+
+Cells a loss cannot run (its own hyperparameter check rejects them, e.g. ``pod`` with simplex
+centroids below k-1) are listed with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from featloss.config import Config
+from featloss.errors import ConfigError, HParamError
+from featloss.names import safe_name, value_label
+from featloss.spaces import (
+    Around,
+    Distribution,
+    grid_points,
+    load_space_file,
+    resolve,
+    resolve_around,
+    spaces_directory,
+)
+from featloss.study import Study, deep_merge
+
+SMOKE_TRAIN_SAMPLES, SMOKE_EVAL_SAMPLES = 512, 256
+SECTIONS = ("data", "model", "train")
+
+
+@dataclass
+class TrialSpec:
+    """One trial to run: a stable key (its MLflow run name and checkpoint file), its config."""
+
+    key: str
+    phase: str  # grid | search | final
+    loss: str
+    seed: int
+    config: Config
+    params: dict[str, Any] = field(default_factory=dict)  # grid cell, or searched values
+
+
+@dataclass
+class SearchPlan:
+    """One loss's search: an exact budget over its space, from `base` (a complete config)."""
+
+    loss: str
+    base: dict
+    space: dict[str, Distribution]
+    trials: int
+    sampler: str  # tpe | random | grid
+    sampler_seed: int
+    start: dict[str, Any] = field(default_factory=dict)  # evaluated first (the config's values)
+    points: list[dict[str, Any]] | None = None  # sampler grid: every point, `start` first
+
+    def key(self, index: int) -> str:
+        """The key of this loss's `index`-th search trial (1-based)."""
+        return safe_name(f"search-{self.loss}-{index:03d}")
+
+    def config(self, params: dict[str, Any], seed: int) -> Config:
+        """The trial config for searched `params`. Raises ConfigError for an invalid one."""
+        raw = copy.deepcopy(self.base)
+        for key, value in params.items():
+            set_dotted(raw, key, value)
+        raw["seed"] = seed
+        return Config.from_dict(raw, where=f"search {self.loss} {params}")
+
+
+@dataclass
+class Skipped:
+    loss: str
+    cell: dict[str, Any]
+    reason: str
+
+
+@dataclass
+class StudyPlan:
+    study: Study
+    grid_trials: list[TrialSpec] = field(default_factory=list)
+    searches: list[SearchPlan] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)  # loss -> applied settings
+    smoke: bool = False
+
+    @property
+    def metric(self) -> str:
+        return self.study.search.metric if self.study.search else "val/accuracy"
+
+    @property
+    def mode(self) -> str:
+        return self.study.search.mode if self.study.search else "max"
+
+    @property
+    def phases(self) -> list[str]:
+        return ["search", "final"] if self.searches else ["grid"]
+
+    def phase_total(self, phase: str) -> int:
+        if phase == "search":
+            return sum(s.trials for s in self.searches)
+        if phase == "final":
+            return len(self.searches) * len(self.study.seeds)
+        return len(self.grid_trials)
+
+    @property
+    def total_trials(self) -> int:
+        return sum(self.phase_total(p) for p in self.phases)
+
+    def final_trials(self, best: dict[str, dict[str, Any]]) -> list[TrialSpec]:
+        """Each loss's best searched params (`best[loss]`), full epochs, every seed, test on."""
+        trials = []
+        for search in self.searches:
+            if search.loss not in best:
+                continue
+            raw = base_config(self.study, search.loss)[0]
+            for key, value in best[search.loss].items():
+                set_dotted(raw, key, value)
+            raw["train"]["eval_test"] = True
+            for seed in self.study.seeds:
+                raw["seed"] = seed
+                trials.append(TrialSpec(
+                    key=trial_key("final", search.loss, {}, seed), phase="final",
+                    loss=search.loss, seed=seed, params=dict(best[search.loss]),
+                    config=Config.from_dict(raw, where=f"final {search.loss}")))
+        return trials
+
+    def summary_lines(self) -> list[str]:
+        study = self.study
+        lines = [f"study '{study.name}' ({study.mode}{', smoke' if self.smoke else ''}) "
+                 f"from {study.source}"]
+        if study.description:
+            lines.append(f"  {' '.join(study.description.split())}")
+        if self.searches:
+            search = study.search
+            lines.append(f"search phase: {self.phase_total('search')} trials ({search.sampler} "
+                         f"sampler, scheduler {search.scheduler}, metric {search.metric})")
+            for s in self.searches:
+                space = ", ".join(f"{k} {d.describe()}" for k, d in s.space.items())
+                lines.append(f"  {s.loss:10s} {s.trials} trials over {space or '(nothing)'}")
+                for point in s.points or []:
+                    lines.append(f"    point {', '.join(f'{k}={v}' for k, v in point.items())}")
+            lines.append(f"final phase: {self.phase_total('final')} trials (best config per "
+                         f"loss x seeds {study.seeds}, test metrics reported)")
+        else:
+            lines.append(f"grid phase: {len(self.grid_trials)} trials "
+                         f"(losses x cells x {len(study.seeds)} seeds)")
+            for loss in study.losses:
+                count = sum(t.loss == loss for t in self.grid_trials)
+                lines.append(f"  {loss:10s} {count} trials")
+            for key, values in self.resolved_grid().items():
+                lines.append(f"  grid {key}: {values}")
+        for loss, applied in self.recipes.items():
+            if applied:
+                lines.append(f"recipe {loss}: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
+        lines += [f"note: {note}" for note in self.notes]
+        lines.append(f"skipped cells: {len(self.skipped) or 'none'}")
+        for s in self.skipped:
+            cell = ", ".join(f"{k}={v}" for k, v in s.cell.items()) or "(all)"
+            lines.append(f"  {s.loss:10s} {cell}: {s.reason}")
+        lines.append(f"resources per trial: cpu {study.resources.cpu:g}, "
+                     f"gpu {study.resources.gpu:g}")
+        return lines
+
+    def resolved_grid(self) -> dict[str, list]:
+        values: dict[str, list] = {}
+        for t in self.grid_trials:
+            for k, v in t.params.items():
+                if v not in values.setdefault(k, []):
+                    values[k].append(v)
+        return {k: sorted(v, key=lambda x: (not isinstance(x, (int, float)), str(x))
+                          if not all(isinstance(x, (int, float)) for x in v) else x)
+                for k, v in values.items()}
+
+
+class CellRejected(Exception):
+    """The loss rejects this cell's hyperparameters (e.g. simplex centroids below k-1)."""
+
+
+# -- expansion -------------------------------------------------------------------------------------
+
+def expand(study: Study, smoke: bool = False, spaces_dir: str | None = None) -> StudyPlan:
+    """Validate every trial config of `study` and expand it (nothing is started).
+
+    Raises ConfigError for anything wrong with the study, naming the file and key.
+    """
+    if smoke:
+        study = shrink_for_smoke(study)
+    plan = StudyPlan(study=study, smoke=smoke)
+    for loss in study.losses:
+        base, applied = base_config(study, loss)
+        plan.recipes[loss] = applied
+        if study.search:
+            plan.searches.append(_search_plan(study, loss, base, spaces_dir, plan))
+        else:
+            _grid_trials(study, loss, base, plan)
+    if study.search is None:
+        for loss in study.losses:
+            if not any(t.loss == loss for t in plan.grid_trials):
+                reasons = "; ".join(s.reason for s in plan.skipped if s.loss == loss)
+                raise ConfigError(f"{study.source}: loss '{loss}' has no runnable cell "
+                                  f"({reasons})")
+    return plan
+
+
+def base_config(study: Study, loss: str) -> tuple[dict, dict[str, Any]]:
+    """(complete config dict for `loss` before grid/search values, recipe settings applied).
+
+    The loss's recipe fills only the keys the study does not set for this loss (in its
+    sections, per_loss, grid or search space).
+    """
+    from featloss.losses import loss_info
+
+    explicit = {name: study.section(name) for name in SECTIONS}
+    per_loss = study.per_loss.get(loss)
+    if per_loss is not None:
+        overrides = {name: per_loss.section(name) for name in SECTIONS}
+        explicit = deep_merge(explicit, overrides)
+    explicit["loss"] = dict(per_loss.loss) if per_loss is not None else {}
+    owned = set(_dotted_keys(explicit)) | set(study.grid)
+    if study.search:
+        owned |= set(study.search.common) | set(study.search.space.get(loss) or {})
+    applied = {k: v for k, v in loss_info(loss).recipe.settings.items() if k not in owned}
+    merged = Config().to_dict()
+    for key, value in applied.items():
+        set_dotted(merged, key, copy.deepcopy(value))
+    merged = deep_merge(merged, explicit)
+    merged["loss"]["name"] = loss
+    return merged, applied
+
+
+def _dotted_keys(raw: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in raw.items():
+        if isinstance(value, dict) and value and prefix.count(".") < 1:
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def check_config(raw: dict, where: str, loss: str, strict: bool) -> Config:
+    """Parse and validate one trial config. When not `strict`, the loss's own rejection of
+    its hyperparameters is a CellRejected (a skipped cell); anything else is a ConfigError."""
+    from featloss.train import validate_config
+
+    config = Config.from_dict(raw, where=where)
+    try:
+        return validate_config(config)
+    except HParamError as exc:
+        if not strict and exc.loss == loss:
+            raise CellRejected(str(exc)) from exc
+        raise ConfigError(f"{where}: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from exc
+
+
+def num_classes_of(config: dict) -> int | None:
+    from featloss.data import dataset_info
+
+    classes = config["data"].get("classes")
+    return classes or dataset_info(config["data"]["dataset"]).num_classes
+
+
+def _grid_axes(study: Study, loss: str) -> dict[str, list | Around]:
+    """The grid dimensions that apply to `loss` (``loss.<hparam>`` only where it exists)."""
+    from featloss.losses import loss_info
+
+    hparams = {h.name for h in loss_info(loss).hparams}
+    axes = {}
+    for key, values in study.grid.items():
+        check_config_key(study, key, f"{study.source}: grid.{key}")
+        if key.startswith("loss.") and key[5:] not in hparams:
+            continue
+        axes[key] = values
+    return axes
+
+
+def check_config_key(study: Study, key: str, where: str) -> None:
+    """Raise ConfigError unless `key` is a config key a grid or search may vary."""
+    from featloss.losses import loss_info
+
+    section, _, name = key.partition(".")
+    if key == "seed":
+        raise ConfigError(f"{where}: seeds are set with the top-level 'seeds' list")
+    if section == "loss":
+        if name == "name":
+            raise ConfigError(f"{where}: losses are set with the top-level 'losses' list")
+        owners = [x for x in study.losses if name in {h.name for h in loss_info(x).hparams}]
+        if not owners:
+            raise ConfigError(f"{where}: grid over an unknown key: no loss in 'losses' has a "
+                              f"hyperparameter '{name}'")
+        return
+    fields = Config.model_fields
+    if section not in SECTIONS or name not in fields[section].annotation.model_fields:
+        raise ConfigError(f"{where}: grid over an unknown key '{key}' (use data.*, model.*, "
+                          f"train.* or loss.<hparam>)")
+
+
+def _grid_trials(study: Study, loss: str, base: dict, plan: StudyPlan) -> None:
+    axes = _grid_axes(study, loss)
+    keys = list(axes)
+    # around_k_minus_1 axes are placeholders: one product element per factor, resolved per cell
+    pools = [list(range(len(v.around_k_minus_1))) if isinstance(v, Around) else v
+             for v in axes.values()]
+    seen: set[str] = set()
+    taken = {t.key for t in plan.grid_trials}
+    for combo in itertools.product(*pools) if keys else [()]:
+        raw = copy.deepcopy(base)
+        cell: dict[str, Any] = {}
+        for key, value in zip(keys, combo):
+            if not isinstance(axes[key], Around):
+                set_dotted(raw, key, value)
+                cell[key] = value
+        for key, value in zip(keys, combo):
+            if isinstance(axes[key], Around):
+                k = num_classes_of(raw)
+                factor = Around(around_k_minus_1=[axes[key].around_k_minus_1[value]])
+                dim = resolve_around(factor, (k - 1) if k else None,
+                                     f"{study.source}: grid.{key}")[0]
+                set_dotted(raw, key, dim)
+                cell[key] = dim
+        cell = {k: cell[k] for k in keys}  # the study's key order
+        signature = repr(sorted(cell.items(), key=lambda kv: kv[0]))
+        if signature in seen:  # two factors rounding to the same dimension
+            continue
+        seen.add(signature)
+        where = f"{study.source} (loss {loss}, cell {cell})"
+        try:
+            check_config(raw, where, loss, strict=False)
+        except CellRejected as exc:
+            plan.skipped.append(Skipped(loss, cell, str(exc)))
+            continue
+        for seed in study.seeds:
+            raw["seed"] = seed
+            key = _unique(trial_key("grid", loss, cell, seed), taken, (loss, signature, seed))
+            plan.grid_trials.append(TrialSpec(key=key, phase="grid", loss=loss, seed=seed,
+                                              config=Config.from_dict(raw, where=where),
+                                              params=dict(cell)))
+
+
+def trial_key(phase: str, loss: str, cell: dict, seed: int) -> str:
+    """A readable key made safe by `featloss.names.safe_name`."""
+    parts = [phase, loss]
+    parts += [f"{k.split('.')[-1]}={value_label(v)}" for k, v in cell.items()]
+    parts.append(f"s{seed}")
+    return safe_name("-".join(parts))
+
+
+def _unique(key: str, taken: set[str], identity: tuple) -> str:
+    """`key`, or (when another cell already has it) `key` made unique by the cell's hash."""
+    if key in taken:
+        key = safe_name(f"{key}|{identity!r}")
+    taken.add(key)
+    return key
+
+
+# -- search spaces ---------------------------------------------------------------------------------
+
+def loss_space(study: Study, loss: str, base: dict,
+               spaces_dir: str | None) -> dict[str, Distribution]:
+    """The resolved search space of `loss`. Raises ConfigError naming a bad key or file."""
+    from featloss.losses import loss_info
+
+    search = study.search
+    directory = spaces_directory(study.source, spaces_dir)
+    k = num_classes_of(base)
+    km1 = (k - 1) if k else None
+    space = load_space_file(directory / f"{loss}.yaml", km1)
+    if search.common:
+        common = load_space_file(directory / "_common.yaml", km1)
+        for key in search.common:
+            if key not in common:
+                raise ConfigError(f"{study.source}: search.common: '{key}' is not in "
+                                  f"{directory / '_common.yaml'} (has: {', '.join(common)})")
+            space.setdefault(key, common[key])
+    for key, spec in (search.space.get(loss) or {}).items():
+        if spec is None:  # null removes a key from the file's space
+            space.pop(key, None)
+        else:
+            space[key] = resolve(spec, km1, f"{study.source}: search.space.{loss}.{key}")
+    hparams = {h.name for h in loss_info(loss).hparams}
+    for key in space:
+        section, _, name = key.partition(".")
+        if section == "loss" and name not in hparams:
+            raise ConfigError(f"{study.source}: search space of '{loss}' has '{key}', which is "
+                              f"not a hyperparameter of {loss} (has: {', '.join(sorted(hparams))})")
+        if section != "loss":
+            check_config_key(study, key, f"{study.source}: search space of '{loss}'")
+    return space
+
+
+def _search_plan(study: Study, loss: str, base: dict, spaces_dir: str | None,
+                 plan: StudyPlan) -> SearchPlan:
+    search = study.search
+    raw = copy.deepcopy(base)
+    if search.epochs is not None:
+        raw["train"]["epochs"] = search.epochs
+    raw["train"]["eval_test"] = False  # selection never sees the test set
+    check_config(raw, f"{study.source} (loss {loss})", loss, strict=False)
+    space = loss_space(study, loss, base, spaces_dir)
+    # Every corner of the space must make a valid config, or trials would fail mid-study.
+    for key, dist in space.items():
+        for value in dist.corners():
+            probe = copy.deepcopy(raw)
+            set_dotted(probe, key, value)
+            try:
+                check_config(probe, f"{study.source} (loss {loss}, {key}={value})", loss,
+                             strict=False)
+            except CellRejected as exc:
+                plan.notes.append(f"{loss}: {key}={value} is invalid ({exc}); such trials are "
+                                  f"recorded as failed")
+    seed = search.seed * 1000 + study.losses.index(loss)
+    start = _start_point(raw, space)
+    result = SearchPlan(loss=loss, base=raw, space=space, trials=search.trials_per_loss,
+                        sampler=search.sampler, sampler_seed=seed, start=start)
+    if not space:  # identical trials would only repeat one result
+        result.trials = 1
+        plan.notes.append(f"{loss}: nothing to search (add keys with search.common or "
+                          f"search.space); 1 trial instead of {search.trials_per_loss}")
+    elif search.sampler == "grid":
+        result.points = grid_points(space, start, f"{study.source}: search space of '{loss}'")
+        if plan.smoke:
+            result.points = result.points[:search.trials_per_loss]
+        result.trials = len(result.points)
+        if result.trials != search.trials_per_loss and not plan.smoke:
+            plan.notes.append(f"{loss}: the grid sampler evaluates each of its "
+                              f"{result.trials} points once (trials_per_loss "
+                              f"{search.trials_per_loss} does not apply)")
+    return result
+
+
+def _start_point(config: dict, space: dict[str, Distribution]) -> dict[str, Any]:
+    """The config's own values of the searched keys, where they lie in the space: they are
+    evaluated first, so the paper defaults are always among the candidates."""
+    from featloss.losses import loss_info
+
+    point = {}
+    defaults = {h.name: h.default for h in loss_info(config["loss"]["name"]).hparams}
+    for key, dist in space.items():
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        section, _, name = key.partition(".")
+        if node is None and section == "loss":
+            node = defaults.get(name)
+        if dist.contains(node) and (dist.type != "float" or dist.step is None
+                                    or node in dist.points("")):
+            point[key] = int(node) if dist.type == "int" else (
+                float(node) if dist.type == "float" else node)
+    return point if len(point) == len(space) else {}
+
+
+# -- smoke -----------------------------------------------------------------------------------------
+
+def shrink_for_smoke(study: Study) -> Study:
+    """1 epoch, a data subset, 2 trials per loss, 1 seed, at most 2 values per grid key."""
+    small = study.model_copy(deep=True)
+    small.train.epochs = 1
+    data = small.data
+    data.max_train_samples = min(data.max_train_samples or SMOKE_TRAIN_SAMPLES,
+                                 SMOKE_TRAIN_SAMPLES)
+    data.max_eval_samples = min(data.max_eval_samples or SMOKE_EVAL_SAMPLES, SMOKE_EVAL_SAMPLES)
+    for overrides in small.per_loss.values():
+        if overrides.train is not None and "epochs" in overrides.train.model_fields_set:
+            overrides.train.epochs = 1
+    small.seeds = study.seeds[:1]
+    grid: dict[str, Any] = {}
+    for key, values in study.grid.items():
+        if isinstance(values, Around):
+            factors = values.around_k_minus_1
+            grid[key] = Around(around_k_minus_1=sorted({factors[0], factors[-1]}))
+        else:
+            grid[key] = [values[0], values[-1]] if len(values) > 2 else list(values)
+    small.grid = grid
+    if small.search:
+        small.search.trials_per_loss = min(2, study.search.trials_per_loss)
+        small.search.epochs = 1
+    return small

@@ -1,0 +1,320 @@
+"""`featloss report STUDY`: tables and plots of one invocation of a study.
+
+The report reads the study's record (`featloss.record`): from the results folder named on the
+parent run when it is reachable from here (live, for a study still running), else the copy the
+run logged to its parent run. It writes to a folder and, under ``report/``, to the parent run:
+
+- ``summary.md`` / ``summary.csv`` / ``summary.parquet``: the study's table (`featloss.summary`);
+- PNG plots (`featloss.report.plots`), each shown in ``report.md`` and logged beside it;
+- ``report.md``: the tables, the best feature dimension per loss with the rule that picks it,
+  and the plots. A study with unfinished trials is marked partial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import numbers
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featloss.errors import ConfigError
+from featloss.names import safe_name
+from featloss.record import StudyRecord
+from featloss.report import plots
+from featloss.report.tables import BEST_DIM_RULE, FEATURE_DIM, best_dims_table
+from featloss.summary import MISSING, METRICS, sort_key, to_markdown
+
+DEFAULT_OUT = "featloss_report"
+REPORT_METRICS = ["test/accuracy", "val/accuracy", "feat/intra_class_std", "feat/mean_angle_deg",
+                  "feat/min_interclass_angle_deg"]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser("report", help="tables and plots of a study's runs")
+    parser.add_argument("study", help="study name (its MLflow experiment) or study YAML file")
+    parser.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT}/<study>)")
+    parser.add_argument("--tracking-uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or "
+                                               "sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--parent", metavar="RUN_ID",
+                        help="the study invocation's parent run (default: the newest)")
+    return parser
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from featloss.tracking import check_store, default_tracking_uri, normalise_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet downloads
+    name = study_name(args.study)
+    uri = normalise_uri(args.tracking_uri or default_tracking_uri())
+    out = args.out or str(Path(DEFAULT_OUT) / safe_name(name))
+    check_out(out)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"no MLflow database at {uri}; pass the --tracking-uri the study "
+                          f"logged to")
+    check_store(uri)
+    report = build_report(uri, name, out, parent_run_id=args.parent)
+    if report.partial:
+        print(report.partial)
+    print(f"report of '{name}' (parent run {report.parent_run_id}): {report.out_dir}")
+    print(f"logged to the parent run under report/ ({len(report.files)} files)")
+    print(to_markdown(report.table))
+    return 0
+
+
+def study_name(target: str) -> str:
+    """A study name, or the name inside a study YAML file given instead."""
+    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
+        from featloss.study import load_study
+
+        return load_study(target).name
+    return target
+
+
+def check_out(out: str) -> None:
+    """The output folder must be creatable and writable before anything is logged."""
+    target = Path(out).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".featloss-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); pass a "
+                          f"writable folder") from None
+
+
+# -- reading the study back ------------------------------------------------------------------------
+
+def load_record(client, parent: dict, scratch: str) -> StudyRecord:
+    """The parent run's record: live from its results folder, else the logged copy."""
+    from featloss import storage
+    from featloss.tracking.read import fetch_artifact
+
+    folder = parent["tags"].get("results_dir")
+    if folder and storage.exists(storage.join(folder, "featloss_state.json")):
+        record = StudyRecord.load(folder)
+        if record.parent_run_id == parent["run_id"]:
+            return record
+    local = fetch_artifact(client, parent["run_id"], "featloss_state.json", scratch)
+    if local is None:
+        raise ConfigError(f"parent run {parent['run_id']} has no featloss record: its results "
+                          f"folder {folder or '(unknown)'} is not reachable from here and the "
+                          f"run logged no featloss_state.json (it did not finish)")
+    record = StudyRecord.model_validate_json(local.read_text())
+    return record
+
+
+def _parent(parents: list[dict], parent_run_id: str | None, study: str) -> dict:
+    if not parents:
+        raise ConfigError(f"study '{study}' has no runs; run it first")
+    if parent_run_id is None:
+        return parents[0]
+    for parent in parents:
+        if parent["run_id"] == parent_run_id:
+            return parent
+    raise ConfigError(f"--parent {parent_run_id} is not a run of study '{study}' (its runs: "
+                      f"{', '.join(p['run_id'] for p in parents[:5])})")
+
+
+@dataclass
+class Report:
+    out_dir: str
+    parent_run_id: str
+    table: Any  # featloss.summary table
+    best_dims: Any
+    partial: str  # "" when complete
+    files: list[str] = field(default_factory=list)  # names written under out_dir
+
+
+def partial_note(record: StudyRecord, expected: int) -> str:
+    """"partial: F of T trials finished" while the study runs or has unfinished trials."""
+    finished = sum(t.done for t in record.trials.values())
+    total = max(len(record.trials), expected) if record.status != "finished" \
+        else len(record.trials)
+    if record.status == "finished" and finished == total:
+        return ""
+    return f"partial: {finished} of {total} trials finished (study {record.status})"
+
+
+def build_report(tracking_uri: str, study: str, out_dir: str,
+                 parent_run_id: str | None = None) -> Report:
+    """Read the study's record, write the report to `out_dir` and log it under report/.
+
+    Raises ConfigError for an unknown study or parent run, or a record that cannot be read.
+    """
+    from featloss.results import record_study, study_table
+    from featloss.tracking import TrackingClient
+    from featloss.tracking.read import parent_runs
+
+    client = TrackingClient(tracking_uri)
+    parent = _parent(parent_runs(client, study), parent_run_id, study)
+    with tempfile.TemporaryDirectory() as scratch:
+        record = load_record(client, parent, scratch)
+        spec = record_study(record)
+        partial = partial_note(record, record.planned)
+        table = study_table(record, spec)
+        best = best_dims_table(table, list(spec.grid))
+        staging = Path(scratch) / "report"
+        staging.mkdir()
+        files = _write_tables(staging, table)
+        figures = _write_plots(staging, client, parent, record, spec, table, partial, scratch)
+        files += figures
+        (staging / "report.md").write_text(report_markdown(
+            spec, record, parent, table, best, figures, partial))
+        files.append("report.md")
+        client.call(lambda: client.mlflow.log_artifacts(parent["run_id"], str(staging),
+                                                        "report"), "logging the report")
+        target = Path(out_dir).expanduser().resolve()
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            shutil.copyfile(staging / name, target / name)
+    return Report(str(target), parent["run_id"], table, best, partial, files)
+
+
+def _write_tables(folder: Path, table) -> list[str]:
+    from featloss.summary import parquet_ready
+
+    (folder / "summary.md").write_text(to_markdown(table, REPORT_METRICS, with_ci=True) + "\n")
+    table.to_csv(folder / "summary.csv", index=False)
+    parquet_ready(table).to_parquet(folder / "summary.parquet", engine="pyarrow", index=False)
+    return ["summary.md", "summary.csv", "summary.parquet"]
+
+
+def _class_count(spec) -> int | None:
+    from featloss.data import dataset_info
+
+    if spec.data.classes:
+        return spec.data.classes
+    try:
+        return dataset_info(spec.data.dataset).num_classes
+    except ConfigError:
+        return None
+
+
+def _write_plots(folder: Path, client, parent: dict, record: StudyRecord, spec, table,
+                 partial: str, scratch: str) -> list[str]:
+    written: list[str] = []
+
+    def save(fig, name: str) -> None:
+        plots.save_figure(fig, folder / name)
+        written.append(name)
+
+    keys = list(spec.grid)
+    if len(table) and spec.mode == "grid":
+        if _varying(table, plots.FEATURE_DIM):
+            if _varying(table, plots.CLASSES):
+                panels = sorted({v for v in table[plots.CLASSES] if v != MISSING}, key=sort_key)
+                k_by_panel = {p: int(p) if isinstance(p, numbers.Integral) else None
+                              for p in panels}
+                panel_key = plots.CLASSES
+            else:
+                k_by_panel, panel_key = {None: _class_count(spec)}, None
+            save(plots.plot_accuracy_vs_feature_dim(table, k_by_panel, panel_key, keys, partial),
+                 "accuracy_vs_feature_dim.png")
+        if _varying(table, plots.DROPOUT):
+            panel_key = plots.AUGMENT if _varying(table, plots.AUGMENT) else None
+            save(plots.plot_dropout(table, panel_key, keys, partial), "dropout.png")
+        if len(keys) == 2:
+            for loss in dict.fromkeys(table["loss"]):
+                part = table[table["loss"] == loss]
+                if (all((part[k] != MISSING).any() for k in keys)
+                        and part[f"{plots.ACCURACY} n"].gt(0).any()):
+                    save(plots.plot_heatmap(table, loss, keys[0], keys[1], partial),
+                         f"heatmap_{loss}.png")
+    if spec.mode == "search":
+        _search_plots(client, parent, spec, partial, scratch, save)
+    _feature_plots(client, record, spec, partial, scratch, save)
+    return written
+
+
+def _varying(table, key: str) -> bool:
+    return key in table and len({v for v in table[key] if v != MISSING}) > 1
+
+
+def _search_plots(client, parent, spec, partial, scratch, save) -> None:
+    import io
+
+    import pandas as pd
+
+    from featloss.tracking.read import fetch_artifact
+
+    for loss in spec.losses:
+        local = fetch_artifact(client, parent["run_id"], f"optuna/{loss}_trials.csv", scratch)
+        if local:
+            frame = pd.read_csv(io.StringIO(local.read_text()))
+            if {"number", "value"} <= set(frame.columns):
+                save(plots.plot_search_history(frame, loss, spec.search.metric, spec.search.mode,
+                                               partial), f"search_history_{loss}.png")
+        local = fetch_artifact(client, parent["run_id"], f"optuna/{loss}_importance.json",
+                               scratch)
+        importance = json.loads(local.read_text()) if local else {}
+        if importance:
+            save(plots.plot_importance(importance, loss, partial), f"importance_{loss}.png")
+
+
+def _feature_plots(client, record: StudyRecord, spec, partial, scratch, save) -> None:
+    import numpy as np
+
+    from featloss.tracking.read import fetch_artifact
+
+    phase = "final" if spec.mode == "search" else "grid"
+    candidates: dict[str, list] = {}
+    for t in record.trials.values():
+        if (t.status == "completed" and t.phase == phase and t.run_id
+                and t.config["model"]["feature_dim"] == 2):
+            candidates.setdefault(t.loss, []).append(t)
+    for loss, trials in candidates.items():
+        for trial in sorted(trials, key=lambda t: (t.seed, t.key)):  # the lowest seed with data
+            folder = Path(scratch) / trial.run_id
+            folder.mkdir(exist_ok=True)
+            local = fetch_artifact(client, trial.run_id, "features.npz", str(folder))
+            if local:
+                with np.load(local) as data:
+                    save(plots.plot_features_2d(data["features"], data["labels"],
+                                                data["class_vectors"], loss, partial,
+                                                run=trial.key),
+                         f"features_2d_{loss}.png")
+                break
+
+
+def report_markdown(spec, record: StudyRecord, parent: dict, table, best, figures: list[str],
+                    partial: str) -> str:
+    import math
+
+    lines = [f"# featloss report: {spec.name}" + (" (smoke run)" if record.smoke else ""), ""]
+    if partial:
+        lines += [f"**{partial}**; only finished trials are included.", ""]
+    keys = list(spec.grid)
+    lines += [f"- study mode: {spec.mode}" + (f" (grid keys: {', '.join(keys)})" if keys else ""),
+              f"- parent run: {parent['run_id']} ({parent['status']})",
+              "- statistics: mean ± std (ddof = 1) over seeds of completed "
+              f"{'final-phase' if spec.mode == 'search' else 'grid'} trials, 95 % CI of the mean "
+              "from Student's t; n = completed trials; failed, diverged and stopped trials are "
+              "counted per row", "", "## Summary", ""]
+    lines.append(to_markdown(table, REPORT_METRICS, with_ci=True))
+    lines += ["", "Files: summary.md, summary.csv, summary.parquet", ""]
+    if FEATURE_DIM in keys:
+        lines += ["## Best feature dimension per loss", "", f"Rule: {BEST_DIM_RULE}.", ""]
+        if len(best):
+            shown = best.copy()
+            for column in ("its val mean", "its test mean", "argmax mean", "threshold",
+                           "its test std", "argmax std"):
+                shown[column] = [f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else "-"
+                                 for v in shown[column]]
+            lines.append(shown.to_markdown(index=False))
+        else:
+            lines.append("(no completed trials)")
+        lines.append("")
+    if figures:
+        lines += ["## Plots", ""]
+        for name in figures:
+            lines += [f"### {name[:-4]}", "", f"![{name[:-4]}]({name})", ""]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["METRICS", "Report", "add_parser", "build_report", "cmd_report"]
