@@ -2,8 +2,8 @@
 
 A trial's config is built by one merge rule, later layers deep-merging over earlier ones:
 
-    Config defaults <- the loss's recipe (keys the study leaves unset) <- study data/model/train
-                    <- per_loss[loss] <- grid cell | searched params <- seed
+    Config defaults <- study data/model/train <- the loss's recipe <- per_loss[loss]
+                    <- grid cell | searched params <- seed
 
 - **grid** (no ``search``): ``losses`` x ``grid`` x ``seeds``, every cell run. A
   ``{around_k_minus_1: [factors]}`` axis is resolved per cell from its class count k;
@@ -220,25 +220,23 @@ def expand(study: Study, smoke: bool = False, spaces_dir: str | None = None) -> 
 def base_config(study: Study, loss: str) -> tuple[dict, dict[str, Any]]:
     """(complete config dict for `loss` before grid/search values, recipe settings applied).
 
-    The loss's recipe fills only the keys the study does not set for this loss (in its
-    sections, per_loss, grid or search space).
+    A loss's recipe is a per-loss setting: it goes over the study's shared sections and under
+    what the study says for this loss alone (``per_loss``, a grid axis or a searched key).
     """
     from featloss.losses import loss_info
 
-    explicit = {name: study.section(name) for name in SECTIONS}
+    shared = {name: study.section(name) for name in SECTIONS}
     per_loss = study.per_loss.get(loss)
-    if per_loss is not None:
-        overrides = {name: per_loss.section(name) for name in SECTIONS}
-        explicit = deep_merge(explicit, overrides)
-    explicit["loss"] = dict(per_loss.loss) if per_loss is not None else {}
-    owned = set(_dotted_keys(explicit)) | set(study.grid)
+    own = {name: per_loss.section(name) if per_loss is not None else {} for name in SECTIONS}
+    own["loss"] = dict(per_loss.loss) if per_loss is not None else {}
+    owned = set(_dotted_keys(own)) | set(study.grid)
     if study.search:
         owned |= set(study.search.common) | set(study.search.space.get(loss) or {})
     applied = {k: v for k, v in loss_info(loss).recipe.settings.items() if k not in owned}
-    merged = Config().to_dict()
+    merged = deep_merge(Config().to_dict(), shared)
     for key, value in applied.items():
         set_dotted(merged, key, copy.deepcopy(value))
-    merged = deep_merge(merged, explicit)
+    merged = deep_merge(merged, own)
     merged["loss"]["name"] = loss
     return merged, applied
 
