@@ -45,9 +45,10 @@ def add_parsers(sub) -> None:
     from featloss import report
 
     report.add_parser(sub)
-    from featloss import slurm
+    from featloss import schema, slurm
 
     slurm.add_parser(sub)
+    schema.add_parser(sub)
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +82,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from featloss.report import cmd_report
 
         return cmd_report(args)
+    if args.command == "schema":
+        from featloss.schema import cmd_schema
+
+        return cmd_schema()
     raise ConfigError(f"unknown command {args.command}")
 
 

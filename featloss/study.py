@@ -82,9 +82,9 @@ class Resources(Section):
 class PerLoss(Section):
     """Overrides deep-merged over the study's sections for one loss."""
 
-    data: DataConfig | None = None
-    model: ModelConfig | None = None
-    train: TrainConfig | None = None
+    data: DataConfig | None = Field(None, description="data keys for this loss only")
+    model: ModelConfig | None = Field(None, description="model keys for this loss only")
+    train: TrainConfig | None = Field(None, description="train keys for this loss only")
     loss: dict[str, Any] = Field({}, description="the loss's hyperparameters")
 
 
@@ -96,9 +96,10 @@ class Study(Section):
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS, description="the study's name: "
                       "its MLflow experiment and results folder")
     description: str = Field("", description="what the study reproduces")
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="the dataset every trial "
+                             "uses and its options")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the backbone")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the training loop")
     losses: list[str] = Field(min_length=1, description="loss keys (`featloss losses`)")
     per_loss: dict[str, PerLoss] = Field({}, description="per-loss overrides (loss -> sections)")
     grid: dict[str, list[Any] | Around] = Field(
@@ -108,7 +109,8 @@ class Study(Section):
                                           "loss, then a final phase per seed")
     seeds: list[int] = Field([0], min_length=1, description="repeats of every cell (grid) or "
                              "of each loss's best config (search)")
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(default_factory=Resources, description="what one trial asks "
+                                 "Ray for")
     max_concurrent: int | None = Field(None, ge=1, description="trials running at once")
     max_failures: int = Field(3, ge=0, le=100, description="retries of a trial whose worker or "
                               "node was lost (featloss errors are never retried)")
