@@ -292,45 +292,43 @@ def hand_trial(loss: str, seed: int, acc: float, dim: int, status: str = "comple
                        metrics=metrics_for(acc, dim, seed))
 
 
-def test_accuracy_vs_feature_dim_one_series_per_loss_log_x_and_k_minus_1():
+def test_accuracy_vs_feature_dim_small_multiples_shared_axes_k_minus_1_and_zoom():
     records = [hand_trial(loss, s, acc + 0.02 * s, d)
                for loss, base in (("softmax", 0.5), ("pod", 0.6))
                for d, acc in ((2, base), (9, base + 0.2), (64, base + 0.1)) for s in (0, 1)]
     table = summary_table(records, "grid", ["model.feature_dim"], ["softmax", "pod"])
-    fig = plots.plot_accuracy_vs_feature_dim(table, {None: 10}, None, ["model.feature_dim"],
-                                             partial="partial: 3 of 5 trials finished")
-    (ax,) = fig.axes
-    assert ax.get_xscale() == "log"
-    series = errorbar_series(ax)
-    assert set(series) == {"softmax", "pod"}
-    x, y, err = series["pod"]
-    assert x == [2, 9, 64]
-    assert y == pytest.approx([0.61, 0.81, 0.71])
-    assert err == pytest.approx([math.sqrt(2) * 0.01] * 3)  # std of (a, a + 0.02)
-    (k_line,) = [line for line in ax.get_lines() if line.get_label() == "k−1"]
-    assert list(k_line.get_xdata()) == [9, 9]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "9", "64"]
-    assert "test accuracy" in ax.get_ylabel() and "feature dimension" in ax.get_xlabel()
-    assert "partial: 3 of 5 trials finished" in ax.get_title()
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"softmax", "pod", "k−1"}
-
-
-def test_accuracy_vs_feature_dim_one_panel_per_class_count():
-    records = [hand_trial("softmax", s, 0.5 + d / 100 + k / 1000, d, **{"data.classes": k})
-               for k in (5, 10) for d in (2, 4, 8) for s in (0, 1)]
-    keys = ["data.classes", "model.feature_dim"]
-    table = summary_table(records, "grid", keys, ["softmax"])
-    fig = plots.plot_accuracy_vs_feature_dim(table, {5: 5, 10: 10}, "data.classes", keys)
-    assert len(fig.axes) == 2
-    for ax, k in zip(fig.axes, (5, 10)):
-        assert ax.get_xscale() == "log" and f"k = {k}" in ax.get_title()
+    fig = plots.plot_accuracy_vs_feature_dim(table, 10, [], note="partial: 3 of 5 trials")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["softmax", "pod", "near k−1 = 9 (zoomed)"]
+    softmax, pod, zoom = panels
+    for ax in panels:
+        assert ax.get_xscale() == "log"
         (k_line,) = [line for line in ax.get_lines() if line.get_label() == "k−1"]
-        assert k_line.get_xdata()[0] == k - 1
-        (series,) = errorbar_series(ax).values()
-        assert series[1] == pytest.approx([0.5 + d / 100 + k / 1000 for d in (2, 4, 8)])
+        assert list(k_line.get_xdata()) == [9, 9]
+    assert softmax.get_ylim() == pod.get_ylim()  # shared axes
+    assert [t.get_text() for t in pod.get_xticklabels()] == ["2", "9", "64"]
+    (series,) = errorbar_series(pod).values()
+    assert series[0] == [2, 9, 64] and series[1] == pytest.approx([0.61, 0.81, 0.71])
+    assert series[2] == pytest.approx([math.sqrt(2) * 0.01] * 3)  # std of (a, a + 0.02)
+    zoomed = errorbar_series(zoom)
+    assert set(zoomed) == {"softmax", "pod"} and zoomed["pod"][0] == [9]  # 2, 64: not within 4x
+    low, high = zoom.get_ylim()
+    assert 0.6 < low < 0.7 and 0.8 < high < 0.9  # zoomed to the points near k−1
+    assert "partial: 3 of 5 trials" in fig._suptitle.get_text()
 
 
-def test_dropout_bars_with_augment_panels():
+def test_accuracy_vs_feature_dim_splits_a_loss_by_the_other_grid_keys():
+    records = [hand_trial("softmax", s, 0.5 + d / 100 + p, d, **{"model.dropout": p})
+               for p in (0.0, 0.5) for d in (2, 4, 8) for s in (0, 1)]
+    keys = ["model.feature_dim", "model.dropout"]
+    table = summary_table(records, "grid", keys, ["softmax"])
+    fig = plots.plot_accuracy_vs_feature_dim(table, 5, ["model.dropout"])
+    series = errorbar_series(fig.axes[0])
+    assert set(series) == {"dropout=0", "dropout=0.5"}
+    assert series["dropout=0.5"][1] == pytest.approx([1.02, 1.04, 1.08])
+
+
+def test_dropout_bars_with_augment_panels_on_an_axis_that_shows_differences():
     records = [hand_trial(loss, s, base + p / 10 + (0.05 if aug else 0) + 0.02 * s, 16,
                           **{"model.dropout": p, "data.augment": aug})
                for loss, base in (("softmax", 0.5), ("encm", 0.6)) for p in (0.0, 0.3, 0.6)
@@ -351,6 +349,10 @@ def test_dropout_bars_with_augment_panels():
             segments = bar.errorbar.lines[2][0].get_segments()
             assert [s[1][1] - s[0][1] for s in segments] == pytest.approx(
                 [2 * math.sqrt(2) * 0.01] * 2)
+    low, high = fig.axes[0].get_ylim()
+    assert low > 0.4 and high < 0.9  # the data's span, not 0-1
+    legend = fig.axes[-1].get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().x0 > fig.axes[-1].bbox.x1 - 1
 
 
 def test_heatmap_values(shared_grid):
@@ -365,24 +367,22 @@ def test_heatmap_values(shared_grid):
     assert ax.get_xlabel() == "model.dropout" and ax.get_ylabel() == "model.feature_dim"
 
 
-def test_features_2d_scatter_and_class_vectors():
-    labels = np.array([0, 1, 1, 0])
-    fig = plots.plot_features_2d(FEATURES_B, labels, np.array([[1.0, 0.0], [0.0, -0.5]]),
-                                 "pod")
-    ax = fig.axes[0]
-    points = np.concatenate([c.get_offsets() for c in ax.collections])
-    assert sorted(map(tuple, points)) == sorted(map(tuple, FEATURES_B.tolist()))
-    assert len(ax.collections) == 2  # one colour per class
-    arrows = [t for t in ax.texts if isinstance(t, Annotation)]
-    assert len(arrows) == 2
-    reach = np.linalg.norm(FEATURES_B, axis=1).max()  # the longest vector reaches this far
-    assert [a.xyann for a in arrows] == [(0.0, 0.0)] * 2
-    assert arrows[0].xy == pytest.approx((reach, 0.0))
-    assert arrows[1].xy == pytest.approx((0.0, -reach / 2))
-    assert ax.get_xlim()[1] >= reach and ax.get_ylim()[0] <= -reach / 2  # arrows in view
-    empty = plots.plot_features_2d(FEATURES_A, np.array([0, 1, 2]), np.zeros((0, 2)),
-                                   "softmax")
-    assert not [t for t in empty.axes[0].texts if isinstance(t, Annotation)]
+def test_features_2d_one_figure_shared_axes_unit_scaled():
+    panels = [{"loss": "pod", "run": "a", "features": FEATURES_B, "labels": np.array([0, 1, 1, 0]),
+               "class_vectors": np.array([[1.0, 0.0], [0.0, -0.5]])},
+              {"loss": "softmax", "run": "b", "features": FEATURES_A,
+               "labels": np.array([0, 1, 2]), "class_vectors": np.zeros((0, 2))}]
+    fig = plots.plot_features_2d(panels)
+    pod, softmax = [ax for ax in fig.axes if ax.get_visible()][:2]
+    assert pod.get_xlim() == softmax.get_xlim() == (-1.1, 1.1)
+    reach = np.linalg.norm(FEATURES_B, axis=1).max()
+    points = np.concatenate([c.get_offsets() for c in pod.collections])
+    assert np.allclose(sorted(map(tuple, points)), sorted(map(tuple, FEATURES_B / reach)))
+    assert len(pod.collections) == 2  # one colour per class
+    arrows = [t for t in pod.texts if isinstance(t, Annotation)]
+    assert [a.xy for a in arrows] == [pytest.approx((1.0, 0.0)), pytest.approx((0.0, -1.0))]
+    assert not [t for t in softmax.texts if isinstance(t, Annotation)]
+    assert "pod" in pod.get_title() and f"{reach:.3g}" in pod.get_title()
 
 
 # -- search studies and partial reports ------------------------------------------------------------
@@ -424,7 +424,7 @@ def build_search_study(uri: str, folder: Path) -> Built:
 
 def test_search_history_and_importance_plots():
     fig = plots.plot_search_history(SOFTMAX_TRIALS, "softmax",
-                                    partial="partial: 1 of 2 trials finished")
+                                    note="partial: 1 of 2 trials finished")
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines["trial"].get_xdata()) == [0, 2, 3]  # the failed trial is left out
@@ -454,7 +454,7 @@ def test_search_study_report_is_partial(tracking_uri, tmp_path):
     assert table["test/accuracy mean"].tolist() == pytest.approx([0.90, 0.95])
     files = set(report.files)
     assert {"search_history_softmax.png", "search_history_pod.png", "importance_pod.png",
-            "features_2d_pod.png"} <= files
+            "features_2d.png"} <= files
     assert "importance_softmax.png" not in files and "accuracy_vs_feature_dim.png" not in files
     text = (tmp_path / "out" / "report.md").read_text()
     assert "partial: 9 of 10 trials finished" in "\n".join(text.splitlines()[:3])
@@ -486,9 +486,10 @@ def test_cmd_report_end_to_end(grid_study, tracking_uri, tmp_path, capsys, monke
     drawn = []
     real = plots.plot_features_2d
 
-    def spy(features, labels, vectors, loss, partial="", run=""):
-        drawn.append((loss, np.asarray(features).tolist(), np.asarray(vectors).tolist(), run))
-        return real(features, labels, vectors, loss, partial, run)
+    def spy(panels, note=""):
+        drawn.extend((p["loss"], np.asarray(p["features"]).tolist(),
+                      np.asarray(p["class_vectors"]).tolist(), p["run"]) for p in panels)
+        return real(panels, note)
 
     monkeypatch.setattr(plots, "plot_features_2d", spy)
     out = tmp_path / "report"
@@ -499,7 +500,7 @@ def test_cmd_report_end_to_end(grid_study, tracking_uri, tmp_path, capsys, monke
 
     expected = {"summary.md", "summary.csv", "summary.parquet", "report.md",
                 "accuracy_vs_feature_dim.png", "dropout.png", "heatmap_softmax.png",
-                "heatmap_pod.png", "features_2d_softmax.png"}
+                "heatmap_pod.png", "features_2d.png"}
     assert {p.name for p in out.iterdir()} == expected
     for name in expected:
         assert (out / name).stat().st_size > 0
@@ -519,6 +520,7 @@ def test_cmd_report_end_to_end(grid_study, tracking_uri, tmp_path, capsys, monke
     text = (out / "report.md").read_text()
     assert "within one standard error" in text and "## Best feature dimension per loss" in text
     assert "![dropout](dropout.png)" in text and "partial" not in text
+    assert "| loss | feature_dim = 2 |" not in text  # two grid keys: no single-key pivot
     assert text.index("## Summary") < text.index("## Best feature dimension")
 
     # features_2d: the lowest seed with features (seed 0, dropout 0.5), not seed 1
@@ -526,7 +528,7 @@ def test_cmd_report_end_to_end(grid_study, tracking_uri, tmp_path, capsys, monke
                       "grid-softmax-feature_dim=2-dropout=0.5-s0")]
     from PIL import Image
 
-    with Image.open(out / "features_2d_softmax.png") as image:
+    with Image.open(out / "features_2d.png") as image:
         assert image.info.get("dpi", (plots.DPI, plots.DPI))[0] == pytest.approx(plots.DPI, abs=1)
 
 

@@ -162,7 +162,8 @@ def build_report(tracking_uri: str, study: str, out_dir: str,
         staging = Path(scratch) / "report"
         staging.mkdir()
         files = _write_tables(staging, table)
-        figures = _write_plots(staging, client, parent, record, spec, table, partial, scratch)
+        note = "; ".join(x for x in (partial, "smoke run" if record.smoke else "") if x)
+        figures = _write_plots(staging, client, parent, record, spec, table, note, scratch)
         files += figures
         (staging / "report.md").write_text(report_markdown(
             spec, record, parent, table, best, figures, partial))
@@ -197,7 +198,7 @@ def _class_count(spec) -> int | None:
 
 
 def _write_plots(folder: Path, client, parent: dict, record: StudyRecord, spec, table,
-                 partial: str, scratch: str) -> list[str]:
+                 note: str, scratch: str) -> list[str]:
     written: list[str] = []
 
     def save(fig, name: str) -> None:
@@ -207,28 +208,28 @@ def _write_plots(folder: Path, client, parent: dict, record: StudyRecord, spec, 
     keys = list(spec.grid)
     if len(table) and spec.mode == "grid":
         if _varying(table, plots.FEATURE_DIM):
+            others = [k for k in keys if k not in (plots.FEATURE_DIM, plots.CLASSES)]
             if _varying(table, plots.CLASSES):
-                panels = sorted({v for v in table[plots.CLASSES] if v != MISSING}, key=sort_key)
-                k_by_panel = {p: int(p) if isinstance(p, numbers.Integral) else None
-                              for p in panels}
-                panel_key = plots.CLASSES
+                for k in sorted({v for v in table[plots.CLASSES] if v != MISSING}, key=sort_key):
+                    part = table[table[plots.CLASSES] == k]
+                    save(plots.plot_accuracy_vs_feature_dim(part, int(k), others, note),
+                         f"accuracy_vs_feature_dim_k{k}.png")
             else:
-                k_by_panel, panel_key = {None: _class_count(spec)}, None
-            save(plots.plot_accuracy_vs_feature_dim(table, k_by_panel, panel_key, keys, partial),
-                 "accuracy_vs_feature_dim.png")
+                save(plots.plot_accuracy_vs_feature_dim(table, _class_count(spec), others, note),
+                     "accuracy_vs_feature_dim.png")
         if _varying(table, plots.DROPOUT):
             panel_key = plots.AUGMENT if _varying(table, plots.AUGMENT) else None
-            save(plots.plot_dropout(table, panel_key, keys, partial), "dropout.png")
+            save(plots.plot_dropout(table, panel_key, keys, note), "dropout.png")
         if len(keys) == 2:
             for loss in dict.fromkeys(table["loss"]):
                 part = table[table["loss"] == loss]
                 if (all((part[k] != MISSING).any() for k in keys)
                         and part[f"{plots.ACCURACY} n"].gt(0).any()):
-                    save(plots.plot_heatmap(table, loss, keys[0], keys[1], partial),
+                    save(plots.plot_heatmap(table, loss, keys[0], keys[1], note),
                          f"heatmap_{loss}.png")
     if spec.mode == "search":
-        _search_plots(client, parent, spec, partial, scratch, save)
-    _feature_plots(client, record, spec, partial, scratch, save)
+        _search_plots(client, parent, spec, note, scratch, save)
+    _feature_plots(client, record, spec, note, scratch, save)
     return written
 
 
@@ -236,7 +237,7 @@ def _varying(table, key: str) -> bool:
     return key in table and len({v for v in table[key] if v != MISSING}) > 1
 
 
-def _search_plots(client, parent, spec, partial, scratch, save) -> None:
+def _search_plots(client, parent, spec, note, scratch, save) -> None:
     import io
 
     import pandas as pd
@@ -249,15 +250,18 @@ def _search_plots(client, parent, spec, partial, scratch, save) -> None:
             frame = pd.read_csv(io.StringIO(local.read_text()))
             if {"number", "value"} <= set(frame.columns):
                 save(plots.plot_search_history(frame, loss, spec.search.metric, spec.search.mode,
-                                               partial), f"search_history_{loss}.png")
+                                               note), f"search_history_{loss}.png")
+        # logged only for a loss with >= 10 finished search trials (fewer say nothing)
         local = fetch_artifact(client, parent["run_id"], f"optuna/{loss}_importance.json",
                                scratch)
         importance = json.loads(local.read_text()) if local else {}
         if importance:
-            save(plots.plot_importance(importance, loss, partial), f"importance_{loss}.png")
+            save(plots.plot_importance(importance, loss, note), f"importance_{loss}.png")
 
 
-def _feature_plots(client, record: StudyRecord, spec, partial, scratch, save) -> None:
+def _feature_plots(client, record: StudyRecord, spec, note, scratch, save) -> None:
+    """One figure of every loss's 2-D features (the lowest seed's completed trial with 2-D
+    features; with a grid, its first cell)."""
     import numpy as np
 
     from featloss.tracking.read import fetch_artifact
@@ -268,25 +272,53 @@ def _feature_plots(client, record: StudyRecord, spec, partial, scratch, save) ->
         if (t.status == "completed" and t.phase == phase and t.run_id
                 and t.config["model"]["feature_dim"] == 2):
             candidates.setdefault(t.loss, []).append(t)
-    for loss, trials in candidates.items():
-        for trial in sorted(trials, key=lambda t: (t.seed, t.key)):  # the lowest seed with data
+    panels = []
+    for loss in [x for x in spec.losses if x in candidates]:
+        for trial in sorted(candidates[loss], key=lambda t: (t.seed, t.key)):
             folder = Path(scratch) / trial.run_id
             folder.mkdir(exist_ok=True)
             local = fetch_artifact(client, trial.run_id, "features.npz", str(folder))
             if local:
                 with np.load(local) as data:
-                    save(plots.plot_features_2d(data["features"], data["labels"],
-                                                data["class_vectors"], loss, partial,
-                                                run=trial.key),
-                         f"features_2d_{loss}.png")
+                    panels.append({"loss": loss, "run": trial.key,
+                                   **{k: data[k] for k in ("features", "labels",
+                                                           "class_vectors")}})
                 break
+    if panels:
+        save(plots.plot_features_2d(panels, note), "features_2d.png")
+
+
+def pivot_table(table, keys: list[str]) -> str:
+    """Loss x the values of one grid key: 'mean ± std [95% CI] (n)' of test accuracy."""
+    from featloss.summary import fmt_ci, fmt_mean
+
+    if len(keys) != 1 or table.empty:
+        return ""
+    key = keys[0]
+    values = sorted({v for v in table[key] if v != MISSING}, key=sort_key)
+    lines = [f"| loss | " + " | ".join(f"{key.split('.')[-1]} = {v}" for v in values) + " |",
+             "|---|" + "---|" * len(values)]
+    for loss in dict.fromkeys(table["loss"]):
+        cells = []
+        for value in values:
+            rows = table[(table["loss"] == loss) & (table[key] == value)]
+            if rows.empty:
+                cells.append("")
+                continue
+            r = rows.iloc[0]
+            m = "test/accuracy"
+            cells.append(f"{fmt_mean(r[f'{m} mean'], r[f'{m} std'], r[f'{m} n'])} "
+                         f"{fmt_ci(r[f'{m} ci_low'], r[f'{m} ci_high'])} (n={int(r['n'])})")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def report_markdown(spec, record: StudyRecord, parent: dict, table, best, figures: list[str],
                     partial: str) -> str:
     import math
 
-    lines = [f"# featloss report: {spec.name}" + (" (smoke run)" if record.smoke else ""), ""]
+    lines = [f"# featloss report: {spec.name}" + (" (SMOKE RUN: 1 epoch, a data subset, 1 seed; "
+                                                  "not a result)" if record.smoke else ""), ""]
     if partial:
         lines += [f"**{partial}**; only finished trials are included.", ""]
     keys = list(spec.grid)
@@ -296,6 +328,10 @@ def report_markdown(spec, record: StudyRecord, parent: dict, table, best, figure
               f"{'final-phase' if spec.mode == 'search' else 'grid'} trials, 95 % CI of the mean "
               "from Student's t; n = completed trials; failed, diverged and stopped trials are "
               "counted per row", "", "## Summary", ""]
+    pivot = pivot_table(table, keys)
+    if pivot:
+        lines += ["Test accuracy, mean ± std [95 % CI] (n completed trials):", "", pivot, "",
+                  "All metrics:", ""]
     lines.append(to_markdown(table, REPORT_METRICS, with_ci=True))
     lines += ["", "Files: summary.md, summary.csv, summary.parquet", ""]
     if FEATURE_DIM in keys:
