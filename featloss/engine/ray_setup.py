@@ -34,9 +34,22 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
     # Ray >= 2.59 announces token authentication on every start; it stays enabled, unsaid.
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-    # Tune's "Tuner.restore" hint: featloss prints its own `featloss resume` line.
+    # Tune's own stop notices and its "Tuner.restore" hint: featloss prints its own
+    # `featloss resume` line (Tune's experiment state is never restored from).
     logging.getLogger("ray.tune.impl.tuner_internal").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _TuneResumeNotices) for f in tune_logger.filters):
+        tune_logger.addFilter(_TuneResumeNotices())
+
+
+class _TuneResumeNotices(logging.Filter):
+    """Drops Tune's interrupt notices, which tell the user to call Tuner.restore."""
+
+    NOTICES = ("Stop signal received", "Experiment has been interrupted", "Tuner.restore")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOTICES)
 
 
 def check_address(address: str) -> None:
