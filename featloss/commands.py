@@ -105,6 +105,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # -- run -------------------------------------------------------------------------------------------
 
+def check_environment() -> None:
+    """The environment variables featloss reads, parsed before any work (ConfigError)."""
+    from featloss.engine.progress import progress_seconds
+    from featloss.tracking import retry_seconds
+
+    retry_seconds()
+    progress_seconds()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from featloss.config import parse_overrides
     from featloss.plan import expand
@@ -112,10 +121,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from featloss.study import load_study
     from featloss.tracking import check_store
 
+    check_environment()
     overrides = parse_overrides(args.set)
     plan = expand(load_study(args.study, overrides), smoke=args.smoke)
     address = _address(args)
     check_devices(plan, local=address is None, strict=True)
+    _check_options(args, address)
     uri = _tracking_uri(args.tracking_uri)
     check_store(uri)
     record = StudyRecord.new(plan, uri, _storage(args.storage), str(Path(args.study).resolve()),
@@ -123,6 +134,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     _create(record)
     print("\n".join(plan.summary_lines()), flush=True)
     return _execute(plan, record, address, args.max_concurrent)
+
+
+def _check_options(args: argparse.Namespace, address: str | None) -> None:
+    """The run options that need no study: concurrency, the Ray address (ConfigError)."""
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    if address:
+        from featloss.engine.ray_setup import check_address
+
+        check_address(address)
 
 
 def _address(args: argparse.Namespace) -> str | None:
@@ -171,8 +192,6 @@ def check_devices(plan, local: bool, strict: bool) -> None:
 def _execute(plan, record, address: str | None, max_concurrent: int | None) -> int:
     from featloss.engine.run import RunOptions, StudyInterrupted, run_study
 
-    if max_concurrent is not None and max_concurrent < 1:
-        raise ConfigError("--max-concurrent must be >= 1")
     try:
         outcome = run_study(plan, record, RunOptions(address, max_concurrent))
     except StudyInterrupted as stop:
@@ -242,6 +261,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from featloss.tracking import check_store
     from featloss.yamlio import load_yaml
 
+    check_environment()
     target = args.target
     new_overrides = parse_overrides(args.set)
     if target.endswith((".yaml", ".yml")) and Path(target).is_file():
@@ -270,6 +290,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     plan = expand(study, smoke=record.smoke)
     address = _address(args)
     check_devices(plan, local=address is None, strict=True)
+    _check_options(args, address)
     if args.tracking_uri:
         record.tracking_uri = _tracking_uri(args.tracking_uri)
     check_store(record.tracking_uri)

@@ -169,8 +169,8 @@ def parse_model(model: type[BaseModel], raw: Any, where: str) -> Any:
 
 def error_line(model: type[BaseModel], exc: ValidationError) -> str:
     """The first error of `exc` in featloss's words: key path, value, rule."""
-    error = exc.errors()[0]
-    raw_loc = [p for p in error["loc"] if not str(p).startswith("function-")]
+    error = _most_specific(exc.errors())
+    raw_loc = [p for p in error["loc"] if not _is_branch(p)]
     loc = [str(p) for p in raw_loc]
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in raw_loc).lstrip(".") \
         or "config"
@@ -207,6 +207,28 @@ def error_line(model: type[BaseModel], exc: ValidationError) -> str:
         return f"{key} is too long (at most {ctx.get('max_length')} " \
                f"{'characters' if kind == 'string_too_long' else 'items'})"
     return f"{key}={quote(value)}: {error['msg']}"
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "any"}
+
+
+def _is_branch(part: Any) -> bool:
+    """A union branch or validator tag in a pydantic error location, not a key."""
+    text = str(part)
+    return isinstance(part, str) and (
+        text.startswith("function-") or "[" in text or text in _TYPE_TAGS
+        or (text[:1].isupper() and text.isidentifier()))
+
+
+def _most_specific(errors: list[dict]) -> dict:
+    """Of a union's errors, the one that got furthest into the value (a wrong value inside the
+    matching branch says more than 'not a list' from the other branch)."""
+    def depth(error: dict) -> tuple[int, int]:
+        keys = [p for p in error["loc"] if not _is_branch(p)]
+        return (not error["type"].endswith("_type"), len(keys))
+
+    return max(errors, key=depth) if len({tuple(e["loc"][:1]) for e in errors}) == 1 \
+        else errors[0]
 
 
 def _inner(annotation: Any) -> Any:

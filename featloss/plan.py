@@ -345,7 +345,7 @@ def _grid_trials(study: Study, loss: str, base: dict, plan: StudyPlan) -> None:
         if signature in seen:  # two factors rounding to the same dimension
             continue
         seen.add(signature)
-        where = f"{study.source} (loss {loss}, cell {cell})"
+        where = f"{study.source} (loss {loss}" + (f", cell {cell})" if cell else ")")
         try:
             check_config(raw, where, loss, strict=False)
         except CellRejected as exc:

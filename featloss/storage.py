@@ -105,8 +105,8 @@ def read_trial_state(uri: str) -> tuple[dict | None, str | None]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torn write, text, a pickle of code...
-        return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}" \
-            if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().split(". ")[0].splitlines()[0][:160] if str(exc).strip() else ""
+        return None, f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     if not isinstance(state, dict):
         return None, f"holds a {type(state).__name__}, not a mapping of tensors"
     return state, None

@@ -46,8 +46,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from featloss.tracking import check_store, default_tracking_uri, normalise_uri
+    from featloss.tracking import check_store, default_tracking_uri, normalise_uri, retry_seconds
 
+    retry_seconds()  # a garbage FEATLOSS_MLFLOW_RETRY_SECONDS is bad input, said first
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet downloads
     name = study_name(args.study)
     uri = normalise_uri(args.tracking_uri or default_tracking_uri())
@@ -76,13 +77,14 @@ def study_name(target: str) -> str:
 
 
 def check_out(out: str) -> None:
-    """The output folder must be creatable and writable before anything is logged."""
-    target = Path(out).expanduser()
+    """The output folder must be creatable and writable before anything is logged; nothing is
+    created here (a probe folder in the nearest existing parent is made and removed)."""
+    target = Path(out).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        probe = target / f".featloss-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); pass a "
                           f"writable folder") from None
