@@ -25,6 +25,7 @@ from featloss.errors import ConfigError, quote
 
 DEFAULT_RETRY_SECONDS = 120.0
 HEALTH_TIMEOUT = 5.0
+HTTP_TIMEOUT_S = 15  # one HTTP attempt at most
 SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
 
 
@@ -157,7 +158,7 @@ def _reason(exc: BaseException) -> str:
 def mlflow_client(uri: str):
     """An MlflowClient making one bounded HTTP attempt per call (featloss's loop retries)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial tables...": noise
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -205,6 +206,10 @@ class TrackingClient:
         deadline = time.monotonic() + self.budget
         delay = 0.5
         while True:
+            # each HTTP attempt may take at most what is left of the budget (a server that
+            # accepts but never answers must not stretch the wait past it)
+            left = max(1, min(HTTP_TIMEOUT_S, int(deadline - time.monotonic()) + 1))
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(left)
             try:
                 return fn()
             except Exception as exc:  # noqa: BLE001 - filtered by is_transient
