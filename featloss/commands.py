@@ -245,7 +245,8 @@ def _report(record, outcome) -> str | None:
 
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
     """The direct MLflow UI address of a run (and how to start the UI for a SQLite store)."""
-    path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    # MLflow 3.17's UI picks its GenAI or model-training view from this parameter
+    path = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{path}"
     return (f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/{path}")

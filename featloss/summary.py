@@ -111,7 +111,8 @@ def group_columns(table: pd.DataFrame) -> list[str]:
 def display_table(table: pd.DataFrame, metrics: list[str] = SHOWN,
                   with_ci: bool = False) -> pd.DataFrame:
     """Markdown-ready: group columns, 'mean ± std' (and '[low, high]') per metric, counts."""
-    out = pd.DataFrame({c: [value_label(v) for v in table[c]] for c in group_columns(table)})
+    out = pd.DataFrame({c: [v if isinstance(v, str) else value_label(v) for v in table[c]]
+                        for c in group_columns(table)})
     for metric in metrics:
         out[metric] = [fmt_mean(m, s, n) for m, s, n in zip(
             table[f"{metric} mean"], table[f"{metric} std"], table[f"{metric} n"])]

@@ -46,8 +46,8 @@ def test_parent_run_front_page_and_children_over_a_real_server(tmp_path, mlflow_
         (parent,) = [r for r in runs if r.data.tags["featloss.role"] == "parent"]
         children = [r for r in runs if r.data.tags["featloss.role"] == "trial"]
         # the printed address opens the parent run
-        assert f"{uri}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}" \
-            in proc.stdout
+        assert (f"{uri}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+                f"?workflowType=machine_learning") in proc.stdout
         # parent: description, plan params, per-loss results as metrics
         assert raw["description"] in parent.data.tags["mlflow.note.content"]
         assert parent.data.tags["smoke"] == "true" and parent.info.run_name.endswith("(smoke)")
