@@ -86,3 +86,24 @@ def make_imagefolder(root: Path, classes: int = 3, per_class: int = 4, size: int
             for i in range(per_class):
                 pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (16, 16),
+                value: int = 100) -> None:
+    """One real image file of PIL `mode` (L, LA, RGB, RGBA, P, I;16, I, F, ...), uniform `value`
+    (a 16-bit image holds value * 257, the same brightness)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    if mode == "I;16":
+        img = Image.fromarray(np.full((h, w), value * 257, dtype=np.uint16))
+    elif mode == "I":
+        img = Image.fromarray(np.full((h, w), value, dtype=np.int32))
+    elif mode == "F":
+        img = Image.fromarray(np.full((h, w), value / 255, dtype=np.float32))
+    elif mode == "P":
+        img = Image.new("RGB", (w, h), (value, value, value)).convert("P")
+    else:
+        img = Image.new(mode, (w, h), (value,) * len(mode) if mode != "L" else value)
+    img.save(path)

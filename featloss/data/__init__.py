@@ -1,7 +1,8 @@
 """Datasets: a registry of sources, the `data` options, and device-resident batches."""
 
 from featloss.data import sources  # noqa: F401  registers the built-in datasets
-from featloss.data.batches import DeviceData, epoch_order, random_crop_flip
+from featloss.data.batches import DeviceData, check_class_counts, epoch_order, random_crop_flip
+from featloss.data.checks import check_data, check_splits
 from featloss.data.registry import DATASETS, DatasetInfo, RawDataset, register_dataset
 from featloss.data.splits import DataSplits, Split, load_splits
 
@@ -11,6 +12,9 @@ __all__ = [
     "DeviceData",
     "RawDataset",
     "Split",
+    "check_class_counts",
+    "check_data",
+    "check_splits",
     "dataset_info",
     "epoch_order",
     "list_datasets",

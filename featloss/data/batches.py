@@ -7,14 +7,14 @@ and its randomness is reproducible and checkpointable.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from featloss.data.splits import Split
-from featloss.errors import ConfigError
+from featloss.errors import ConfigError, DataError
 
 PAD = 4  # pixels of zero padding before the random crop (the "+" datasets)
 
@@ -57,7 +57,10 @@ def epoch_order(labels: Tensor, batch_size: int, sampler: str, num_classes: int,
     """(num_batches, batch) training indices for one epoch; the last partial batch is dropped.
 
     ``random``: a fresh permutation. ``balanced``: every class appears ``batch_size // C`` times
-    in every batch (classes with fewer samples are cycled through fresh permutations).
+    in every batch. A class with fewer samples than one epoch needs is cycled through fresh
+    permutations (each sample appears equally often, within one); no batch holds a sample twice
+    unless its class has fewer samples than its slots in a batch (`check_class_counts` rejects
+    that for a loss that needs distinct samples).
     """
     n, device = labels.numel(), labels.device
     if sampler == "random":
@@ -74,11 +77,42 @@ def epoch_order(labels: Tensor, batch_size: int, sampler: str, num_classes: int,
         if members.numel() == 0:
             raise ConfigError(f"the balanced sampler needs every class in the training split; "
                               f"class {c} has no samples (raise data.max_train_samples)")
-        rounds = -(-need // members.numel())
-        perms = [members[torch.randperm(members.numel(), generator=generator, device=device)]
-                 for _ in range(rounds)]
-        columns.append(torch.cat(perms)[:need].view(num_batches, per_class))
+        columns.append(_cycled(members, need, per_class, generator).view(num_batches, per_class))
     return torch.cat(columns, dim=1)  # (num_batches, C * per_class)
+
+
+def _cycled(members: Tensor, need: int, per_class: int, generator: torch.Generator) -> Tensor:
+    """`need` draws from `members`: fresh permutations end to end, read as rows of `per_class`.
+
+    A row that straddles two permutations takes the end of one and the start of the next; the
+    next is fixed up so its start holds none of those (possible whenever there are at least
+    `per_class` members), so no row repeats a member.
+    """
+    m, device = members.numel(), members.device
+    perms = [members[torch.randperm(m, generator=generator, device=device)]]
+    filled = m
+    while filled < need:
+        perm = members[torch.randperm(m, generator=generator, device=device)]
+        done = filled % per_class  # slots of the straddling row the last permutation filled
+        if done and per_class <= m:
+            perm = _avoid_at_start(perm, perms[-1][-done:], per_class - done, generator)
+        perms.append(perm)
+        filled += m
+    return torch.cat(perms)[:need]
+
+
+def _avoid_at_start(perm: Tensor, taken: Tensor, head: int, generator: torch.Generator) -> Tensor:
+    """`perm` with the members of `taken` moved out of its first `head` places (random swaps)."""
+    clash = torch.nonzero(torch.isin(perm[:head], taken)).flatten()
+    if clash.numel() == 0:
+        return perm
+    # places >= head holding a member not taken: m - per_class + len(clash) >= len(clash) of them
+    free = head + torch.nonzero(~torch.isin(perm[head:], taken)).flatten()
+    pick = free[torch.randperm(free.numel(), generator=generator, device=perm.device)]
+    pick = pick[: clash.numel()]
+    perm = perm.clone()
+    perm[clash], perm[pick] = perm[pick], perm[clash]
+    return perm
 
 
 def balanced_per_class(batch_size: int, num_classes: int) -> int:
@@ -87,6 +121,59 @@ def balanced_per_class(batch_size: int, num_classes: int) -> int:
         raise ConfigError(f"train.batch_size={batch_size} is smaller than the {num_classes} "
                           f"classes: the balanced sampler needs batch_size >= num_classes")
     return per_class
+
+
+def check_class_counts(labels: Tensor, num_classes: int, batch_size: int, needed: int,
+                       class_names: list[str], needed_by: str = "the loss") -> list[str]:
+    """Can the balanced sampler give every batch `needed` distinct samples of every class?
+
+    `labels` (N,) are the training labels, `needed` the loss's `min_samples_per_class` (0: no
+    need), `needed_by` names it in messages ("loss 'sigma2r' with n_neighbors=7"). A class with
+    fewer samples than its slots per batch (``batch_size // num_classes``) repeats samples
+    within batches: a DataError when `needed` > 0 (a repeated sample is its own nearest
+    neighbour), else a warning line. A class with no training sample is always a DataError.
+    Returns the warning lines; names the first class at fault and counts the others.
+    """
+    slots = balanced_per_class(batch_size, num_classes)
+    if slots < needed:
+        raise ConfigError(f"train.batch_size={batch_size} gives {slots} samples per class for "
+                          f"{num_classes} classes, but {needed_by} needs >= {needed}; use "
+                          f"train.batch_size >= {needed * num_classes}")
+    counts = torch.bincount(labels.flatten().cpu(), minlength=num_classes)[:num_classes].tolist()
+    setting = f"balanced sampler: {slots} slots per class at train.batch_size {batch_size}"
+
+    def first_below(limit: int) -> tuple[str, int, str] | None:
+        below = [c for c in range(num_classes) if counts[c] < limit]
+        if not below:
+            return None
+        c = below[0]
+        name = f"class {c} ('{class_names[c]}')" if c < len(class_names) else f"class {c}"
+        fewer = "none" if limit == 1 else f"fewer than {limit}"
+        more = f" ({len(below) - 1} more classes have {fewer})" if len(below) > 1 else ""
+        return name, counts[c], more
+
+    if found := first_below(1):
+        name, _, more = found
+        raise DataError(f"{name} has no training images, but the balanced sampler puts every "
+                        f"class in every batch{more}; raise data.max_train_samples or lower "
+                        f"data.val_fraction")
+    if needed and (found := first_below(needed)):
+        name, count, more = found
+        raise DataError(
+            f"{name} has {count} training images but {needed_by} needs {needed} distinct images "
+            f"of every class in each batch ({setting}){more}; raise data.max_train_samples (or "
+            f"lower data.val_fraction) so every class keeps >= {needed}")
+    if not (found := first_below(slots)):
+        return []
+    name, count, more = found
+    if needed:
+        raise DataError(
+            f"{name} has {count} training images, fewer than its {slots} slots in each batch "
+            f"({setting}), so batches would repeat its images, but {needed_by} needs {needed} "
+            f"distinct images of every class in each batch{more}; lower train.batch_size to "
+            f"<= {min(counts) * num_classes} or raise data.max_train_samples")
+    return [(f"{name} has {count} training images for its {slots} slots in each batch "
+             f"({setting}){more}: batches repeat its images")]
 
 
 def random_crop_flip(images: Tensor, generator: torch.Generator) -> Tensor:

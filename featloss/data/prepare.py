@@ -21,6 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from featloss.data.staged import STAGED_WRONGLY
 from featloss.errors import ConfigError
 
 # dataset key -> (torchvision class name, the folder it reads under ROOT)
@@ -108,7 +109,7 @@ def _stage_locked(key: str, class_name: str, folder: str, base: Path) -> str:
         n_train, n_test = _load(class_name, base)
         return f"{key}: already staged under {base} ({n_train} train, {n_test} test); nothing " \
                f"downloaded"
-    except (RuntimeError, FileNotFoundError, OSError, ValueError) as exc:
+    except STAGED_WRONGLY as exc:
         if target.exists():
             # Someone's files, incomplete or corrupt: never download over them or delete them.
             raise ConfigError(
@@ -135,7 +136,7 @@ def _stage_locked(key: str, class_name: str, folder: str, base: Path) -> str:
         shutil.rmtree(staging, ignore_errors=True)
     try:
         n_train, n_test = _load(class_name, base)
-    except (RuntimeError, FileNotFoundError, OSError, ValueError) as exc:  # pragma: no cover
+    except STAGED_WRONGLY as exc:  # pragma: no cover
         raise ConfigError(f"featloss data prepare {key}: staged {target} but it does not load "
                           f"({_one_line(exc)})") from exc
     return f"{key}: staged under {base} ({n_train} train, {n_test} test)"

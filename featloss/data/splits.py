@@ -2,21 +2,24 @@
 
 First k classes, stratified caps, the seeded validation split carved from train, and the
 normalisation statistics of the training split. Raw datasets are cached per process: Tune actors
-reused across trials load each dataset once.
+reused across trials load each dataset once, and check their content once (`raw_problem`; the
+sources raise `DataError` for files they cannot read); the loader's warning lines (skipped files)
+are shown once per process and kept in `DataSplits.warnings`.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 import featloss.data.sources  # noqa: F401  registers the built-in datasets
 from featloss.config import DataConfig
+from featloss.data.content import raw_problem, warn_once
 from featloss.data.registry import DATASETS, RawDataset, stratified_cap, stratified_split
-from featloss.errors import ConfigError
+from featloss.errors import ConfigError, DataError
 
 
 @dataclass
@@ -39,10 +42,15 @@ class DataSplits:
     class_names: list[str]
     mean: Tensor  # (C,) per-channel mean of the training split, in [0, 1]
     std: Tensor  # (C,)
+    warnings: list[str] = field(default_factory=list)  # the loader's lines (skipped files, ...)
 
 
 def load_splits(cfg: DataConfig) -> DataSplits:
-    """Load a dataset and apply the `data` options. Raises ConfigError on bad input."""
+    """Load a dataset and apply the `data` options.
+
+    Raises ConfigError on bad options, DataError (a ConfigError) for a dataset that is missing,
+    staged wrongly, or holds files it cannot use. Every class keeps at least one training image.
+    """
     info = DATASETS.get(cfg.dataset)
     raw = _load_raw(info.key, cfg.root, cfg.image_size)
     available = len(raw.class_names)
@@ -60,7 +68,7 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         test_x, test_y = test_x[keep], test_y[keep]
 
     gen = torch.Generator().manual_seed(cfg.split_seed)
-    train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, gen, min_held=1)
+    train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, gen, min_held=1, min_kept=1)
     if cfg.max_train_samples is not None:
         train_idx = stratified_cap(train_idx, train_y, cfg.max_train_samples, gen)
     test_idx = torch.arange(len(test_y))
@@ -85,12 +93,20 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         class_names=raw.class_names[:num_classes],
         mean=mean,
         std=std,
+        warnings=list(raw.warnings),
     )
 
 
 @functools.lru_cache(maxsize=4)
 def _load_raw(key: str, root: str | None, image_size: int | None) -> RawDataset:
     # Cached per process: Tune actors reused across trials load each dataset once.
-    return DATASETS.get(key).load(root, image_size)
+    raw = DATASETS.get(key).load(root, image_size)
+    problem = raw_problem(raw)
+    if problem:
+        raise DataError(f"dataset '{key}'{f' under {root}' if root else ''} loaded unusable "
+                        f"data: {problem}")
+    for line in raw.warnings:
+        warn_once(line)
+    return raw
 
 
