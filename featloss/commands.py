@@ -98,7 +98,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     plan = expand(load_study(args.study, parse_overrides(args.set)), smoke=args.smoke)
     check_devices(plan, local=True, strict=False)
+    data_note = check_plan_data(plan, strict=False)
     print("\n".join(plan.summary_lines()))
+    if data_note:
+        print(data_note)
     print(f"total: {plan.total_trials} trials")
     return 0
 
@@ -127,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     address = _address(args)
     check_devices(plan, local=address is None, strict=True)
     _check_options(args, address)
+    if address is None:  # the trials run here: their data must be here and usable
+        check_plan_data(plan, strict=True)
     uri = _tracking_uri(args.tracking_uri)
     check_store(uri)
     record = StudyRecord.new(plan, uri, _storage(args.storage), str(Path(args.study).resolve()),
@@ -187,6 +192,28 @@ def check_devices(plan, local: bool, strict: bool) -> None:
         from featloss.engine.ray_setup import check_local_resources
 
         check_local_resources(study.resources.model_dump())
+
+
+def check_plan_data(plan, strict: bool) -> str | None:
+    """Load and check the data of every distinct trial config (`featloss.data.check_data`).
+
+    strict (a local run): a problem raises DataError/ConfigError before anything starts.
+    Otherwise (validate, where the data may live on the cluster only) the first problem is
+    returned as a note line. Values a search varies are checked in the trials.
+    """
+    from featloss.config import Config
+    from featloss.data import check_data
+
+    configs = [t.config for t in plan.grid_trials]
+    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
+    for config in configs:
+        try:
+            check_data(config)
+        except ConfigError as exc:
+            if strict:
+                raise
+            return f"note: data not usable here, so not checked: {exc}"
+    return None
 
 
 def _execute(plan, record, address: str | None, max_concurrent: int | None) -> int:
@@ -292,6 +319,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     address = _address(args)
     check_devices(plan, local=address is None, strict=True)
     _check_options(args, address)
+    if address is None:
+        check_plan_data(plan, strict=True)
     if args.tracking_uri:
         record.tracking_uri = _tracking_uri(args.tracking_uri)
     check_store(record.tracking_uri)
