@@ -496,4 +496,30 @@ def shrink_for_smoke(study: Study) -> Study:
     if small.search:
         small.search.trials_per_loss = min(2, study.search.trials_per_loss)
         small.search.epochs = 1
+    for loss in small.losses:
+        _keep_enough_per_class(small, loss)
     return small
+
+
+def _keep_enough_per_class(small: Study, loss: str) -> None:
+    """A loss that needs n distinct images of every class in each batch keeps enough of them
+    in a smoke run too (a 512-image cap leaves CIFAR-100 ~5 per class)."""
+    import math
+
+    from featloss.config import DataConfig
+    from featloss.losses import loss_info
+    from featloss.study import PerLoss
+
+    raw, _ = base_config(small, loss)
+    config = Config.from_dict(raw, where=f"smoke {loss}")
+    need = loss_info(loss).cls.min_samples_per_class(**config.loss.hparams)
+    k = num_classes_of(raw)
+    if not need or not k or config.data.sampler != "balanced":
+        return
+    slots = config.train.batch_size // k
+    want = math.ceil(k * max(need, slots) / (1 - config.data.val_fraction)) + k
+    if want > (config.data.max_train_samples or 0):
+        per_loss = small.per_loss.setdefault(loss, PerLoss())
+        if per_loss.data is None:
+            per_loss.data = DataConfig.model_construct(_fields_set=set())
+        per_loss.data.max_train_samples = want
