@@ -5,6 +5,9 @@ exactly (model, loss, optimizer, scheduler, epoch, RNG states); callers that che
 others ignore it. ``fit(config, report, resume=state)`` continues from such a state and gives the
 same metrics as an uninterrupted run (on the CPU; cuDNN may reorder float sums on a GPU).
 
+Before training, `loss_warnings(config)` says what in the planned run would defeat the loss (e.g.
+an L-Softmax lambda still > 1 at the last step), one line each.
+
 A diverged trial (non-finite training loss) stops with status ``diverged`` instead of raising.
 All training randomness flows from ``config.seed`` through torch's global RNG (initialisation,
 dropout) and one data generator (sampling, augmentation), both saved in the state.
@@ -12,6 +15,7 @@ dropout) and one data generator (sampling, augmentation), both saved in the stat
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -23,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from featloss.backbones import backbone_info, build_backbone
-from featloss.config import Config
-from featloss.data import DeviceData, dataset_info, epoch_order, load_splits
+from featloss.config import Config, DataConfig
+from featloss.data import DeviceData, check_splits, dataset_info, epoch_order, load_splits
 from featloss.data.batches import balanced_per_class
 from featloss.errors import ConfigError
 from featloss.losses import FeatureLoss, build_loss, loss_info
@@ -93,6 +97,50 @@ def _check_batch_composition(config: Config, num_classes: int, needed: int) -> N
             f"train.batch_size >= {needed * num_classes}")
 
 
+# -- the plan: optimizer steps, and what they mean for the loss -----------------------------------
+
+def batches_per_epoch(train_size: int, batch_size: int, sampler: str, num_classes: int) -> int:
+    """Optimizer steps in one epoch of `train_size` images: the rows of `epoch_order`'s plan
+    (the last partial batch dropped; at least one batch)."""
+    if sampler == "balanced":
+        return max(train_size // (balanced_per_class(batch_size, num_classes) * num_classes), 1)
+    return max(train_size // batch_size, 1)
+
+
+def planned_train_size(data: DataConfig) -> int | None:
+    """Images in the training split `data` selects, or None when it cannot be known cheaply.
+
+    Exact for the embedded datasets (mnist5k, digits, fuzzy_rgb): the split is made as training
+    makes it (the raw data are cached per process). None for staged datasets, which would have
+    to be read from disk (their registry records carry no train size).
+    """
+    if not dataset_info(data.dataset).embedded:
+        return None
+    return _embedded_train_size(data.model_dump_json())
+
+
+@functools.lru_cache(maxsize=64)
+def _embedded_train_size(data_json: str) -> int:
+    return len(load_splits(DataConfig.model_validate_json(data_json)).train)
+
+
+def loss_warnings(config: Config) -> list[str]:
+    """One line per thing in the planned run that defeats `config`'s loss (e.g. an L-Softmax
+    lambda still > 1 at the last step: the margin never acts), from the loss's `plan_warnings`
+    with the planned optimizer steps: epochs x `batches_per_epoch` of the training split.
+
+    [] when the training split's size is unknown (a staged dataset; see `planned_train_size`).
+    Raises ConfigError for a config `validate_config` rejects.
+    """
+    size = planned_train_size(config.data)
+    num_classes = config.data.classes or dataset_info(config.data.dataset).num_classes
+    if size is None or num_classes is None:
+        return []
+    t = config.train
+    steps = batches_per_epoch(size, t.batch_size, config.data.sampler, num_classes)
+    return _build_loss(config, num_classes).plan_warnings(steps, t.epochs)
+
+
 # -- building blocks ------------------------------------------------------------------------------
 
 def resolve_device(name: str) -> torch.device:
@@ -148,6 +196,7 @@ class _Run:
         splits = load_splits(config.data)
         self.num_classes = splits.num_classes
         self._check_loss_against_data()
+        check_splits(config, splits)  # the data's content against this run (DataError)
         self.model = build_backbone(
             config.model.backbone, in_channels=splits.in_channels, image_size=splits.image_size,
             feature_dim=config.model.feature_dim, dropout=config.model.dropout).to(self.device)
@@ -172,6 +221,10 @@ class _Run:
             _check_batch_composition(self.config, self.num_classes, needed)
         if self.config.data.sampler == "balanced":
             balanced_per_class(self.config.train.batch_size, self.num_classes)
+
+    def steps_per_epoch(self) -> int:
+        return batches_per_epoch(len(self.train_data), self.config.train.batch_size,
+                                 self.config.data.sampler, self.num_classes)
 
     def split_sizes(self) -> dict[str, int]:
         """Images per split, reported with every epoch (the tracker logs the dataset once)."""
@@ -266,6 +319,7 @@ class _Run:
         if with_features:
             vectors = self.loss.class_vectors()
             out.update(feature_metrics(features, labels, self.num_classes, vectors))
+            out.update(self.loss.eval_metrics(features, labels))  # the loss's own geometry
             if features.shape[1] == PLOTTED_FEATURE_DIM:  # small enough to keep for a scatter plot
                 self.val_features = {
                     "features": features.cpu(), "labels": labels.cpu(),
@@ -295,6 +349,7 @@ def fit(config: Config, report: ReportFn | None = None, resume: dict | None = No
         run.load(resume)
     report = report or (lambda metrics, state: None)
     epochs = config.train.epochs
+    run.loss.on_train_start(run.steps_per_epoch(), epochs)  # on resume too: the same plan
     if run.status != "running" or run.epoch >= epochs:
         # Finished before the interruption: report the final metrics again, recompute nothing.
         run.status = DIVERGED if run.status == DIVERGED else COMPLETED

@@ -124,6 +124,7 @@ def test_float32_and_float64_agree(key):
 @pytest.mark.parametrize("key", list_losses())
 def test_state_dict_round_trip(key):
     trained = make(key, seed=1)
+    trained.on_train_start(7, 3)
     for _ in range(5):  # move the training state (e.g. the L-Softmax λ schedule)
         trained.on_step()
     trained.on_epoch_start(2)
@@ -165,3 +166,41 @@ def test_catalogue_entry_is_complete(key):
     assert info.paper and info.equations and info.logits_meaning
     for h in info.hparams:
         assert h.allowed, f"{key}.{h.name} has no documented allowed range"
+
+
+RAW_TARGET_LOGITS = {"softmax", "center", "lsoftmax", "wsoftmax", "sigma2r"}
+
+
+@pytest.mark.parametrize("key", list_losses())
+def test_eval_metrics_report_negative_target_logits_for_raw_logit_losses(key):
+    loss = make(key).double()
+    features, labels = batch(torch.float64)
+    metrics = loss.eval_metrics(features, labels)
+    assert all(k.startswith("loss/") and isinstance(v, float) for k, v in metrics.items())
+    if key not in RAW_TARGET_LOGITS:  # cosine or −distance logits (see target_logit_metrics)
+        assert "loss/frac_target_logit_negative" not in metrics
+        return
+    # Hand-made: weight rows along the first C axes (positive scale), so z_y has the sign of
+    # x[y]; 3 of every 10 samples per class get a negative target coordinate.
+    with torch.no_grad():
+        loss.weight.copy_(2.5 * torch.eye(C, D, dtype=torch.float64))
+    x = torch.zeros(C * PER_CLASS, D, dtype=torch.float64)
+    sign = torch.tensor([-1.0] * 3 + [1.0] * (PER_CLASS - 3), dtype=torch.float64).repeat(C)
+    x[torch.arange(len(labels)), labels] = sign * torch.linspace(0.1, 4.0, len(labels),
+                                                                 dtype=torch.float64)
+    assert loss.eval_metrics(x, labels) == {"loss/frac_target_logit_negative": 0.3}
+    assert loss.eval_metrics(-x, labels) == {"loss/frac_target_logit_negative": 0.7}
+
+
+@pytest.mark.parametrize("key", list_losses())
+def test_train_start_hook_and_plan_warnings_are_pure_for_the_defaults(key):
+    loss = make(key)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    warnings = loss.plan_warnings(10_000, 3)  # a long plan: nothing defeats any default
+    assert warnings == []
+    loss.on_train_start(10_000, 3)
+    features, labels = batch()
+    assert torch.isfinite(loss(features, labels).total)
+    for name, value in loss.state_dict().items():
+        if name in before:
+            assert torch.equal(value, before[name]), name

@@ -234,3 +234,101 @@ def test_invalid_hparams(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=f"lsoftmax.*{name}"):
         build_loss("lsoftmax", num_classes=C, feature_dim=D, **bad)
+
+
+# -- the λ schedules: in steps (Caffe) and in training progress (lambda_decay_epochs) -------------
+
+def lambda_after(loss, steps):
+    for _ in range(steps):
+        loss.on_step()
+    return loss.epoch_metrics()["loss/lambda"]
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (0, 1000.0),
+    (110, 908.3569159457107),   # 1000 · (1 + 2.5e-5 · 110)^−35: the last of 111 steps
+    (111, 907.564638980916),
+    (1000, 421.3710663836758),
+    (8728, 0.9996527595754028),  # the first step with λ < 1
+])
+def test_caffe_step_schedule_at_chosen_steps(steps, expected):
+    loss = make()  # the defaults: base 1000, γ 2.5e-5, power 35, min 0
+    loss.on_train_start(37, 3)  # the plan does not change the step schedule
+    assert lambda_after(loss, steps) == pytest.approx(expected, rel=1e-12)
+
+
+def test_progress_schedule_hand_computed():
+    # base 100, power 2, min 0.24: λ_E = 0.24 + 0.01 = 0.25 after E = 2 epochs of 10 steps, so
+    # (1 + γ·20)² = 100 / 0.25 = 400: γ = 19/20 = 0.95, and λ(it) = 100 / (1 + 0.95·it)².
+    loss = make(lambda_base=100.0, lambda_power=2.0, lambda_min=0.24, lambda_decay_epochs=2)
+    loss.on_train_start(10, 5)
+    assert loss.gamma_for(10) == pytest.approx(0.95, rel=1e-15)
+    assert lambda_after(loss, 0) == 100.0
+    assert lambda_after(loss, 10) == pytest.approx(100 / 10.5**2, rel=1e-13)  # 0.907029...
+    assert lambda_after(loss, 10) == pytest.approx(0.25, rel=1e-13)  # it_E = 20: λ_E
+    assert lambda_after(loss, 1) == 0.24  # 100 / 20.95² = 0.228 < lambda_min: the floor
+    assert int(loss.iteration) == 21
+
+
+def test_progress_schedule_with_lambda_min_zero_reaches_0_01():
+    # power 1: (1 + γ·it_E) = 100 / 0.01, γ = 9999 / it_E; it_E = 2 epochs x 10 steps = 20.
+    loss = make(lambda_base=100.0, lambda_power=1.0, lambda_min=0.0, lambda_decay_epochs=2)
+    loss.on_train_start(10, 3)
+    assert lambda_after(loss, 10) == pytest.approx(100 / 5000.5, rel=1e-13)  # 0.019998
+    assert lambda_after(loss, 10) == pytest.approx(0.01, rel=1e-13)  # "reaches" 0: within 0.01
+    assert 0.0 < lambda_after(loss, 10) < 0.01  # and keeps decaying toward 0
+
+
+def test_progress_schedule_follows_epochs_not_steps():
+    # The Caffe defaults in progress form: λ_E = 0.01 after 1.5 epochs, whatever the batches.
+    lambdas = []
+    for steps_per_epoch in (40, 112, 1000):  # 0.75 epochs is a whole number of steps
+        loss = make(lambda_decay_epochs=1.5)
+        loss.on_train_start(steps_per_epoch, 3)
+        half = lambda_after(loss, steps_per_epoch * 3 // 4)  # 0.75 epochs: half of E
+        lambdas.append((half, lambda_after(loss, steps_per_epoch * 3 // 4)))  # then at E
+    for half, end in lambdas:
+        # (1 + γ·it_E/2) = (1 + (1000/0.01)^(1/35)) / 2 at half of E: hand value
+        ratio = (1 + (1000 / 0.01) ** (1 / 35)) / 2
+        assert end == pytest.approx(0.01, rel=1e-9)
+        assert half == pytest.approx(1000 * ratio ** -35, rel=1e-9)  # ≈ 1.97
+
+
+def test_progress_schedule_needs_the_plan_and_is_checkpointed():
+    loss = make(lambda_decay_epochs=2)
+    with pytest.raises(RuntimeError, match="on_train_start"):
+        loss.epoch_metrics()
+    loss.on_train_start(25, 4)
+    lam = lambda_after(loss, 30)
+    state = loss.state_dict()
+    assert int(state["steps_per_epoch"]) == 25 and int(state["iteration"]) == 30
+    fresh = make(lambda_decay_epochs=2)
+    fresh.load_state_dict(state)  # no on_train_start: the buffers carry the schedule
+    assert fresh.epoch_metrics()["loss/lambda"] == lam
+    x, y = data()
+    assert torch.equal(fresh(x, y).total, loss(x, y).total)
+    assert "steps_per_epoch" not in make().state_dict()  # step-schedule checkpoints unchanged
+
+
+def test_plan_warnings_when_lambda_stays_above_one():
+    (line,) = make().plan_warnings(37, 3)  # mnist5k sweep: 37 steps x 3 epochs = 111 steps
+    assert "lambda is still 908.4 at the last of the 111 planned steps" in line
+    assert "loss.lambda_decay_epochs" in line and "\n" not in line
+    assert make().plan_warnings(3000, 3) == []  # 9,000 steps: λ(8,999) < 1
+    assert make(lambda_decay_epochs=2).plan_warnings(37, 3) == []
+    assert make(lambda_decay_epochs=2).plan_warnings(37, 2) == []  # λ_E = 0.01 at the end
+    assert len(make(lambda_decay_epochs=30).plan_warnings(37, 3)) == 1  # decays too slowly
+    assert make(lambda_base=0.0, lambda_min=0.5).plan_warnings(1, 1) == []
+    assert len(make(lambda_base=0.0, lambda_min=2.0).plan_warnings(1, 1)) == 1
+
+
+@pytest.mark.parametrize("bad, name", [
+    ({"lambda_decay_epochs": 0}, "lambda_decay_epochs"),
+    ({"lambda_decay_epochs": -1.0}, "lambda_decay_epochs"),
+    ({"lambda_decay_epochs": "2"}, "lambda_decay_epochs"),
+    ({"lambda_decay_epochs": float("inf")}, "lambda_decay_epochs"),
+    ({"lambda_decay_epochs": 2, "lambda_power": 0.0}, "lambda_power"),
+])
+def test_invalid_progress_schedule(bad, name):
+    with pytest.raises(ValueError, match=f"lsoftmax.*{name}"):
+        build_loss("lsoftmax", num_classes=C, feature_dim=D, **bad)

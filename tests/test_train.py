@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from featloss.config import Config
-from featloss.train import fit, load_state, lr_factor, save_state, validate_config
 from featloss.errors import ConfigError
+from featloss.train import (
+    batches_per_epoch,
+    fit,
+    load_state,
+    loss_warnings,
+    lr_factor,
+    planned_train_size,
+    save_state,
+    validate_config,
+)
 
 TIMING = {"epoch_seconds", "images_per_second"}
 
@@ -28,7 +37,8 @@ def test_each_epoch_reports_the_design_metrics_and_the_last_adds_test():
     for r in reports:
         for key in ("train/loss", "train/ce", "train/accuracy", "val/accuracy", "val/loss",
                     "epoch_seconds", "images_per_second", "lr", "feat/intra_class_std",
-                    "feat/mean_angle_deg", "feat/min_interclass_angle_deg"):
+                    "feat/mean_angle_deg", "feat/min_interclass_angle_deg",
+                    "loss/frac_target_logit_negative"):
             assert key in r and math.isfinite(r[key]), key
     assert "test/accuracy" not in reports[0] and 0 <= reports[1]["test/accuracy"] <= 1
     assert reports[-1]["status"] == "completed" and reports[0]["status"] == "running"
@@ -117,6 +127,59 @@ def test_adam_and_the_seed_make_runs_repeatable():
 def test_validate_config_rejects_unknown_names(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(digits_config(**overrides))
+
+
+@pytest.mark.parametrize("sampler, batch_size", [("random", 64), ("random", 5000),
+                                                 ("balanced", 100), ("balanced", 64)])
+def test_batches_per_epoch_is_the_number_of_planned_batches(sampler, batch_size):
+    from featloss.data import epoch_order
+
+    labels = torch.arange(10).repeat_interleave(37)[:-5]  # 365 samples, uneven classes
+    order = epoch_order(labels, batch_size, sampler, 10, torch.Generator().manual_seed(0))
+    assert batches_per_epoch(len(labels), batch_size, sampler, 10) == order.shape[0]
+
+
+def test_loss_warnings_flag_the_caffe_lambda_on_a_short_run():
+    short = Config.from_dict({"data": {"dataset": "mnist5k", "max_train_samples": 2400},
+                              "loss": {"name": "lsoftmax"}, "train": {"epochs": 3}})
+    assert planned_train_size(short.data) == 2400
+    (line,) = loss_warnings(short)  # 37 steps x 3 epochs, as the mnist5k sweep
+    assert "lambda is still 908.4 at the last of the 111 planned steps" in line
+    assert loss_warnings(short.with_overrides({"loss.lambda_decay_epochs": 2})) == []
+    assert loss_warnings(short.with_overrides({"loss.name": "softmax"})) == []
+    staged = short.with_overrides({"data.dataset": "cifar10"})
+    assert planned_train_size(staged.data) is None and loss_warnings(staged) == []
+
+
+def test_progress_lambda_is_exact_in_training_and_after_a_resume(tmp_path):
+    config = digits_config(**{"loss.name": "lsoftmax", "loss.lambda_decay_epochs": 2,
+                              "loss.lambda_base": 100.0, "loss.lambda_power": 1.0,
+                              "train.epochs": 3})
+    full = []
+    fit(config, lambda m, s: full.append(m))
+    steps = batches_per_epoch(full[0]["data/train_size"], 64, "random", 10)
+    gamma = (100 / 0.01 - 1) / (2 * steps)  # hand form of lambda_decay_epochs, power 1
+    for r in full:  # λ after `epoch` epochs of `steps` optimizer steps
+        assert r["loss/lambda"] == pytest.approx(100 / (1 + gamma * steps * r["epoch"]),
+                                                 rel=1e-12)
+    assert full[1]["loss/lambda"] == pytest.approx(0.01, rel=1e-12)
+
+    def stop_after_epoch_1(metrics, state):
+        if metrics["epoch"] == 1:
+            save_state(state(), str(tmp_path / "epoch1.pt"))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, stop_after_epoch_1)
+    state = load_state(str(tmp_path / "epoch1.pt"))
+    assert int(state["loss"]["steps_per_epoch"]) == steps
+    resumed = []
+    fit(config, lambda m, s: resumed.append(m), resume=state)
+
+    def strip(r):
+        return {k: v for k, v in r.items() if k not in TIMING}
+
+    assert [strip(r) for r in resumed] == [strip(r) for r in full[1:]]
 
 
 @pytest.mark.slow

@@ -125,3 +125,44 @@ def test_invalid_hparams(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=f"wsoftmax.*{name}"):
         build_loss("wsoftmax", num_classes=4, feature_dim=D, **bad)
+
+
+def test_degenerate_regime_and_the_negative_target_logit_metric():
+    """Eq. 11-13 with z_y < 0: a misclassified sample can have a loss near 0.
+
+    ŵ_0 = (1, 0), ŵ_1 at 150°: ‖ŵ_0 + ŵ_1‖ = 0.518 < 1. For x = (−t, −2.732t), z_0 = −t and
+    z_1 = 0.866t − 1.366t = −0.5t > z_0 (class 1 predicted), yet the biased negative logit
+    (z_0 + z_1)/0.518 = −2.9t lies far below z_0: the loss → 0 as t grows.
+    """
+    loss = build_loss("wsoftmax", num_classes=2, feature_dim=2, alpha=1.0).double()
+    angle = math.radians(150)
+    with torch.no_grad():
+        loss.weight.copy_(torch.tensor([[2.0, 0.0], [3 * math.cos(angle), 3 * math.sin(angle)]]))
+    t = 5.0
+    x = torch.tensor([[-t, -(1 + math.sqrt(3)) * t]], dtype=torch.float64)
+    y = torch.tensor([0])
+    z = loss.logits(x)
+    torch.testing.assert_close(z, torch.tensor([[-t, -0.5 * t]], dtype=torch.float64))
+    assert int(z.argmax(1)) == 1  # misclassified
+    assert loss(x, y).total.item() < 1e-3  # and yet almost no loss
+    assert loss.eval_metrics(x, y) == {"loss/frac_target_logit_negative": 1.0}
+
+
+def test_negative_target_logit_fraction_on_hand_made_features():
+    loss = build_loss("wsoftmax", num_classes=3, feature_dim=3).double()
+    with torch.no_grad():
+        loss.weight.copy_(torch.diag(torch.tensor([2.0, 0.5, 3.0])))  # ŵ = I: z = x
+    x = torch.tensor([[1.0, 5.0, 5.0],     # y=0: z_0 = 1 > 0
+                      [9.0, -0.1, 0.0],    # y=1: z_1 = −0.1 < 0
+                      [0.0, 0.0, -2.0],    # y=2: z_2 = −2 < 0
+                      [0.0, 0.0, 0.0]],    # y=0: z_0 = 0, not negative
+                     dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    assert loss.eval_metrics(x, y) == {"loss/frac_target_logit_negative": 0.5}
+
+
+def test_warmup_as_long_as_the_run_is_a_plan_warning():
+    (line,) = make(warmup_epochs=3).plan_warnings(50, 3)
+    assert "warmup_epochs=3 >= train.epochs=3" in line
+    assert make(warmup_epochs=1).plan_warnings(50, 3) == []
+    assert make().plan_warnings(50, 1) == []

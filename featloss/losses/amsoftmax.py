@@ -7,6 +7,7 @@ from torch import Tensor
 from featloss.losses.base import (
     FeatureLoss,
     LossOutput,
+    Recipe,
     check_positive,
     cross_entropy,
     register_loss,
@@ -21,6 +22,13 @@ _EPS = 1e-12  # norm floor, as F.normalize
     paper="AM-Softmax (additive margin softmax), as stated in Zhu & Zu (POD paper)",
     equations="POD paper Eq. 3",
     logits="cos θ (x̂ Ŵᵀ)",
+    recipe=Recipe(
+        settings={"train.lr": 1e-3},
+        why="measured, mnist5k small_cnn 3 epochs SGD, s = 30, m = 0.35: the gradient on the "
+            "raw feature is tangential and scales as 1/‖x‖, so a large lr inflates ‖x‖ and "
+            "freezes the directions: val accuracy 0.10 at lr 0.1, 0.62 at 1e-2, 0.94 at 3e-3, "
+            "0.955 at 1e-3",
+    ),
 )
 class AMSoftmaxLoss(FeatureLoss):
     """CE(s·(cos θ_j − m·[j = y])) with x and the rows of ``weight`` L2-normalised (Eq. 3).

@@ -18,11 +18,17 @@ Rules every loss follows:
 - Fixed targets are buffers; the library never calls ``.cuda()``: devices follow ``.to()``.
 - ``forward`` is a pure function of (features, labels, module state). State that changes during
   training (the L-Softmax lambda schedule, a warm-up epoch counter) lives in buffers, so it is
-  checkpointed by ``state_dict()``, and is advanced only by the trainer through `on_step` (after
-  each optimizer step) and `on_epoch_start`.
+  checkpointed by ``state_dict()``, and is set only by the trainer through the hooks:
+  `on_train_start` (the run's plan: optimizer steps per epoch and epochs; before the first epoch,
+  and again after a resumed run's state is loaded), `on_epoch_start` (before each epoch) and
+  `on_step` (after each optimizer step).
 - `class_vectors` returns the per-class direction the loss pulls features toward (weight rows,
   centroids or anchors), used by the feature-angle metric; None when the loss has none.
-- `epoch_metrics` returns loss state worth logging once per epoch (e.g. ``loss/lambda``).
+- `epoch_metrics` returns loss state worth logging once per epoch (e.g. ``loss/lambda``);
+  `eval_metrics` returns measurements of the loss's geometry on the validation features (e.g.
+  ``loss/frac_target_logit_negative``), logged with each epoch's validation metrics.
+- `plan_warnings` says, before anything trains, what in a planned run defeats the loss (one
+  line each: an L-Softmax lambda still > 1 at the last step, a warm-up longer than the run).
 """
 
 from __future__ import annotations
@@ -108,6 +114,17 @@ class FeatureLoss(nn.Module):
         """
         return 0
 
+    def on_train_start(self, steps_per_epoch: int, epochs: int) -> None:
+        """Called by the trainer with the run's plan before the first epoch, and again when a run
+        resumes (after its state is loaded): `steps_per_epoch` optimizer steps in each of
+        `epochs` epochs.
+
+        A schedule expressed in training progress (the L-Softmax ``lambda_decay_epochs``) is
+        derived here. What it sets must depend only on the arguments and the hyperparameters and
+        be kept in buffers, so a resumed run, or a loss loaded from a checkpoint, continues
+        exactly.
+        """
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each epoch (0-based)."""
 
@@ -115,7 +132,19 @@ class FeatureLoss(nn.Module):
         """Called by the trainer after each optimizer step."""
 
     def epoch_metrics(self) -> dict[str, float]:
+        """Loss state logged once per epoch, by full metric key (``loss/lambda``)."""
         return {}
+
+    def eval_metrics(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        """Measurements of the loss's geometry on the validation features (N, d) and labels (N,),
+        by full metric key (``loss/...``); the trainer logs them each epoch. Default: none."""
+        return {}
+
+    def plan_warnings(self, steps_per_epoch: int, epochs: int) -> list[str]:
+        """One-line warnings about training this loss for `epochs` x `steps_per_epoch` optimizer
+        steps (what would make the run train something other than the loss it names). Pure:
+        changes no state. Default: none."""
+        return []
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, feature_dim={self.feature_dim}"
@@ -174,6 +203,22 @@ def _hparams_of(cls: type) -> tuple[HParam, ...]:
         for p in params
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     )
+
+
+def target_logit_metrics(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    """``loss/frac_target_logit_negative``: the fraction of samples whose target logit
+    ``logits[i, labels[i]]`` is < 0, for the losses whose logits are raw inner products x·w_j.
+
+    Their loss can be low while z_y < 0 (W-Softmax Eq. 12 holds with z_y·‖ŵ_y + ŵ_j‖ > z_y + z_j
+    without z_y > z_j, so it reaches 0 on misclassified samples), so a high fraction flags that
+    degenerate geometry. Used by softmax, center, lsoftmax and sigma2r (x Wᵀ) and wsoftmax
+    (x Ŵᵀ, raw x). Not by amsoftmax and pod: their logits are cosines in [−1, 1] and the loss
+    sees the angle only, so no raw scale can satisfy it on the wrong side (a negative target
+    cosine is just a wrong direction, which accuracy measures); nor by encm and cncm, whose
+    logits −distance are <= 0 by construction (the fraction would always be 1).
+    """
+    target = logits.gather(1, labels.unsqueeze(1))  # (N, 1)
+    return {"loss/frac_target_logit_negative": float((target < 0).double().mean())}
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -8,9 +8,11 @@ from torch import Tensor, nn
 from featloss.losses.base import (
     FeatureLoss,
     LossOutput,
+    Recipe,
     check_positive,
     cross_entropy,
     register_loss,
+    target_logit_metrics,
 )
 from featloss.losses.softmax import init_classifier_weight
 
@@ -20,6 +22,11 @@ from featloss.losses.softmax import init_classifier_weight
     paper="Wen et al., center loss (as restated in La Grassa et al., σ²R loss)",
     equations="σ²R paper Eq. 1",
     logits="x Wᵀ",
+    recipe=Recipe(
+        settings={"train.loss_lr": 0.1},
+        why="σ²R paper Sec. 5 (Fig. 3, Table 3): the centres learn at lr 0.1, whatever the "
+            "network's lr",
+    ),
 )
 class CenterLoss(FeatureLoss):
     """CE(x Wᵀ) + lam · mean_i ½‖x_i − c_{y_i}‖² (σ²R paper Eq. 1, averaged over the batch).
@@ -56,6 +63,9 @@ class CenterLoss(FeatureLoss):
 
     def class_vectors(self) -> Tensor:
         return self.weight
+
+    def eval_metrics(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        return target_logit_metrics(self.logits(features), labels)  # raw target logits
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, lam={self.lam}"

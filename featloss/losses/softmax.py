@@ -7,7 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from featloss.losses.base import FeatureLoss, LossOutput, cross_entropy, register_loss
+from featloss.losses.base import (
+    FeatureLoss,
+    LossOutput,
+    cross_entropy,
+    register_loss,
+    target_logit_metrics,
+)
 
 
 def init_classifier_weight(num_classes: int, feature_dim: int) -> nn.Parameter:
@@ -38,3 +44,6 @@ class SoftmaxLoss(FeatureLoss):
 
     def class_vectors(self) -> Tensor:
         return self.weight
+
+    def eval_metrics(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        return target_logit_metrics(self.logits(features), labels)  # raw target logits
