@@ -116,10 +116,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 # -- train ----------------------------------------------------------------------------------------
 
 def train_config(args: argparse.Namespace):
+    """(config, recipe settings applied) for `featloss train`.
+
+    Layers, later over earlier: Config defaults, the ``--config`` file, the flags, ``--set``;
+    then the loss's recipe (`featloss losses`) sets each of its keys that none of those set
+    explicitly, as studies do (`featloss.plan.base_config`).
+    """
     from featloss.config import Config, LossConfig, load_config_file, parse_overrides
 
     raw = load_config_file(args.config) if args.config else {}
     config = Config.from_dict(raw, where=args.config or "config")
+    explicit = set(_dotted_keys(raw))
     overrides: dict[str, Any] = {}
     for flag, key in (("dataset", "data.dataset"), ("backbone", "model.backbone"),
                       ("loss", "loss.name"), ("feature_dim", "model.feature_dim"),
@@ -129,19 +136,60 @@ def train_config(args: argparse.Namespace):
     if args.loss is not None and args.loss != config.loss.name:
         # another loss: the config file's hyperparameters don't apply
         config = config.model_copy(update={"loss": LossConfig(name=config.loss.name)})
+        explicit = {k for k in explicit if not k.startswith("loss.")}
     overrides.update(parse_overrides(args.set))
-    return config.with_overrides(overrides)
+    explicit |= set(_dotted_keys({("loss.name" if k == "loss" else k): v
+                                  for k, v in overrides.items()}))
+    return apply_recipe(config.with_overrides(overrides), explicit)
+
+
+def apply_recipe(config, explicit: set[str]):
+    """`config` with its loss's recipe settings for every key not in `explicit` (dotted keys;
+    a key counts as set when it or a section above it is in `explicit`), and those settings."""
+    from featloss.losses import loss_info
+
+    name = config.loss.name
+    recipe = loss_info(name).recipe.settings  # ConfigError naming the loss when unknown
+
+    def is_set(key: str) -> bool:
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in explicit for i in range(1, len(parts) + 1))
+
+    applied = {k: v for k, v in recipe.items() if not is_set(k)}
+    if applied:
+        config = config.with_overrides(applied, where=f"recipe of loss '{name}'")
+    return config, applied
+
+
+def _dotted_keys(raw: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves of a nested dict (``{"train": {"lr": 1}}`` -> train.lr)."""
+    keys = []
+    for key, value in raw.items():
+        if isinstance(value, dict) and value:
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _recipe_line(loss: str, applied: dict[str, Any]) -> str:
+    return f"recipe {loss}: " + ", ".join(f"{k}={v}" for k, v in applied.items())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from featloss.train import fit, save_state, validate_config
+    from featloss.train import fit, loss_warnings, save_state, validate_config
 
-    config = validate_config(train_config(args))
+    config, recipe = train_config(args)
+    config = validate_config(config)
     resume = _resume_state(args.resume, config) if args.resume else None
     if args.save_state:
         _check_writable(args.save_state)
     last_state: dict[str, Any] = {}
     out = sys.stdout
+    for line in loss_warnings(config):
+        print(f"featloss: warning: {line}", file=sys.stderr, flush=True)
+    if recipe:
+        print(_recipe_line(config.loss.name, recipe), file=out, flush=True)
 
     def report(metrics: dict, state) -> None:
         print(format_epoch(metrics, config.train.epochs), file=out, flush=True)
@@ -153,7 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_state(last_state["state"](), args.save_state)
     final = {k: v for k, v in result.metrics.items()}
     final.update(status=result.status, loss=config.loss.name, dataset=config.data.dataset,
-                 backbone=config.model.backbone, feature_dim=config.model.feature_dim)
+                 backbone=config.model.backbone, feature_dim=config.model.feature_dim,
+                 recipe=dict(recipe))
     if args.json:
         print(json.dumps(_json_safe(final), sort_keys=True))
     else:
@@ -239,6 +288,8 @@ def cmd_losses() -> int:
             print(f"  recipe:    {settings}")
             if info.recipe.why:
                 print(f"             ({info.recipe.why})")
+        else:
+            print("  recipe:    none (the featloss defaults train it)")
     return 0
 
 
