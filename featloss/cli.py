@@ -126,7 +126,9 @@ def train_config(args: argparse.Namespace):
 
     raw = load_config_file(args.config) if args.config else {}
     config = Config.from_dict(raw, where=args.config or "config")
-    explicit = set(_dotted_keys(raw))
+    # `loss: NAME` (the shorthand) sets the name only
+    explicit = set(_dotted_keys({**raw, "loss": {"name": raw["loss"]}}
+                                if isinstance(raw.get("loss"), str) else raw))
     overrides: dict[str, Any] = {}
     for flag, key in (("dataset", "data.dataset"), ("backbone", "model.backbone"),
                       ("loss", "loss.name"), ("feature_dim", "model.feature_dim"),

@@ -100,6 +100,9 @@ def test_another_loss_on_the_command_line_drops_the_files_loss_keys(tmp_path):
     assert config.loss.hparams == {"warmup_epochs": 0} and "loss.warmup_epochs" not in applied
     config, applied = recipe_config("--config", str(path), "--loss", "pod")
     assert config.loss.name == "pod" and "warmup_epochs" not in config.loss.hparams
+    path.write_text("loss: wsoftmax\n")  # the shorthand names the loss and sets nothing else
+    config, applied = recipe_config("--config", str(path))
+    assert applied == dict(loss_info("wsoftmax").recipe.settings)
 
 
 def test_train_prints_the_recipe_and_the_plan_warnings(capsys):
