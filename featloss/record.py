@@ -7,10 +7,12 @@ last metrics. `featloss run` creates it, the driver updates it as trials report,
 resume, the progress line, the report and the summary all read it. Tune's experiments and the
 MLflow runs are written *from* it; neither is consulted to rebuild it.
 
-It lives in ``<results>/featloss_state.json``, rewritten atomically (write, then rename) on every
-change of a trial's status and at most every `FLUSH_SECONDS` otherwise. A trial's per-epoch
-checkpoint stays the source of truth for its training state: on resume, a trial the record still
-shows running is reconciled with its checkpoint (it may have finished after the last write).
+It lives in ``<results>/featloss_state.json``, rewritten atomically (write, then rename) at most
+every `FLUSH_SECONDS` while trials run and at once at every phase boundary and when the study
+stops. A trial's per-epoch checkpoint stays the source of truth for its training state: a trial
+the record does not show finished is served again on resume and continues from its checkpoint
+(a finished one re-reports its last epoch without training), so the record catches up with
+anything a crash kept from it.
 """
 
 from __future__ import annotations

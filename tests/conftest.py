@@ -93,16 +93,12 @@ def mlflow_runs(uri: str, experiment: str) -> tuple[list, list]:
 def run_inline(raw: dict, uri: str, storage, smoke: bool = False, address: str | None = None,
                max_concurrent: int | None = None):
     """What `featloss run` does, in this process: (plan, record, outcome)."""
-    from featloss.engine.run import RunOptions, run_study
     from featloss.engine.progress import Progress
+    from featloss.engine.run import RunOptions, run_new_study
     from featloss.plan import expand
-    from featloss.record import StudyRecord
     from featloss.study import parse_study
-    from featloss.tracking import check_store
 
     plan = expand(parse_study(raw, source=f"{raw['name']}.yaml"), smoke=smoke)
-    check_store(uri)
-    record = StudyRecord.new(plan, uri, str(storage), f"{raw['name']}.yaml")
-    record.save()
-    outcome = run_study(plan, record, RunOptions(address, max_concurrent), Progress(every=1e9))
+    record, outcome = run_new_study(plan, uri, str(storage), f"{raw['name']}.yaml",
+                                    RunOptions(address, max_concurrent), Progress(every=1e9))
     return plan, record, outcome

@@ -21,7 +21,7 @@ from ray.tune.search import Searcher
 
 from featloss import storage
 from featloss.engine.progress import Progress
-from featloss.engine.trainable import REPLAYED, features_uri, trial_params
+from featloss.engine.trainable import REPLAYED, features_uri, from_tune, trial_params
 from featloss.plan import StudyPlan
 from featloss.record import StudyRecord, TrialRecord
 from featloss.tracking import TrialRuns
@@ -68,7 +68,8 @@ class PhaseDriver:
         if spec is None:
             return None
         self.record.save(force=False)
-        return trial_params(spec.key, spec.config, self.context.results_dir, self.context.threads)
+        return trial_params(spec.key, spec.config, self.context.results_dir, self.context.threads,
+                            self.context.plan.metric)
 
     # -- Tune's events, through DriverCallback ------------------------------------------------------
     def started(self, key: str) -> None:
@@ -79,10 +80,14 @@ class PhaseDriver:
             trial.run_id = self.runs.start(key, self._tags(trial), self._params(trial))
         else:
             self.runs.reopen(trial.run_id)
-        self.record.save()  # the run id is recorded before anything is logged to it
-        self._show(force=True)
+        # Written within FLUSH_SECONDS, not at once: a run created just before a crash is not
+        # in the record, and the resume deletes it as a stray (one run per trial either way).
+        self.record.touch()
+        self.record.save(force=False)
+        self._show()
 
-    def result(self, key: str, result: dict) -> None:
+    def result(self, key: str, tune_result: dict) -> None:
+        result = from_tune(tune_result)
         trial = self.record.trials[key]
         if trial.run_id is None or trial.status != "running":
             self.started(key)
@@ -112,9 +117,10 @@ class PhaseDriver:
 
     def completed(self, key: str, last: dict | None) -> None:
         trial = self.record.trials[key]
-        reported = (last or {}).get("status", "completed")
+        last = from_tune(last) if last else {}
+        reported = last.get("status", "completed")
         if trial.error is not None or reported == "failed":
-            self._finish(trial, "failed", trial.error or (last or {}).get("error"))
+            self._finish(trial, "failed", trial.error or last.get("error"))
         else:
             self._finish(trial, "stopped" if reported == "running" else reported, None)
 
@@ -131,7 +137,9 @@ class PhaseDriver:
             self.started(trial.key)
         trial.status, trial.error, trial.finished = status, error, time.time()
         self.record.touch()
-        self.record.save()
+        # Throttled too: a trial whose end is lost in a crash is served again on resume and
+        # re-reports from its finished checkpoint without training (the record catches up).
+        self.record.save(force=False)
         if status == "completed":
             checkpoint = storage.join(self.context.results_dir, "checkpoints", f"{trial.key}.pt")
             self.runs.log_features(trial.run_id, storage.load_trial_state(features_uri(checkpoint)))

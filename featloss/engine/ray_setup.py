@@ -25,6 +25,9 @@ QUIET_ENV = {  # setdefault: a user's own setting wins
     "TUNE_WARN_INSUFFICENT_RESOURCE_THRESHOLD_S": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # the old engine prints nothing at verbose=0; we print progress
+    # Tune's CSV and TensorBoard loggers cost time per result and print a line per trial about
+    # configs they cannot log; featloss adds Tune's JSON logger alone (result.json per trial)
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 

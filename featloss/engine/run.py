@@ -148,9 +148,25 @@ def run_study(plan: StudyPlan, record: StudyRecord, options: RunOptions,
             ray_setup.stop_ray()
 
 
+def run_new_study(plan: StudyPlan, tracking_uri: str, storage_uri: str, source: str,
+                  options: RunOptions | None = None, progress: Progress | None = None,
+                  overrides: dict | None = None) -> tuple[StudyRecord, StudyOutcome]:
+    """A new invocation of `plan` from Python (what `featloss run` does after its checks).
+
+    Raises what `check_store` and `run_study` raise.
+    """
+    from featloss.tracking import check_store
+
+    check_store(tracking_uri)
+    record = StudyRecord.new(plan, tracking_uri, storage_uri, source, overrides)
+    record.save()
+    return record, run_study(plan, record, options or RunOptions(), progress)
+
+
 def _run_phase(phase: str, feed, total: int, plan: StudyPlan, record: StudyRecord,
                trials: TrialRuns, progress: Progress, concurrency: int) -> None:
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     from featloss.engine.trainable import featloss_trial
@@ -178,11 +194,10 @@ def _run_phase(phase: str, feed, total: int, plan: StudyPlan, record: StudyRecor
         tune_config=tune.TuneConfig(
             search_alg=FeedSearcher(driver.token, plan.metric, plan.mode), scheduler=scheduler,
             num_samples=pending, max_concurrent_trials=concurrency, reuse_actors=True,
-            trial_name_creator=lambda t: t.config["key"],
-            trial_dirname_creator=lambda t: t.config["key"]),
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
             name=f"{phase}-{attempt}", storage_path=storage.join(record.results_dir, "tune"),
-            verbose=0, callbacks=[DriverCallback(driver.token)],
+            verbose=0, callbacks=[DriverCallback(driver.token), JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=plan.study.max_failures)))
     progress.say(f"{phase} phase: {pending} trials to run, up to {concurrency} at a time")
     progress.status("importing torch in workers…")
@@ -194,6 +209,11 @@ def _run_phase(phase: str, feed, total: int, plan: StudyPlan, record: StudyRecor
     unfinished = [t.key for t in record.phase(phase) if not t.done]
     if unfinished or feed.remaining():
         raise StudyInterrupted(record.results_dir)  # Tune returns normally after Ctrl+C
+
+
+def trial_name(trial) -> str:
+    """Tune's trial name and folder: the trial's key (safe by construction)."""
+    return trial.config["key"]
 
 
 def _select(plan: StudyPlan, record: StudyRecord, progress: Progress) -> None:

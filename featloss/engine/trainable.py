@@ -1,7 +1,7 @@
 """The Tune function trainable: one featloss trial, resumable from its own checkpoint.
 
-Tune's config of a trial is ``{"key", "config" (a featloss Config), "checkpoint", "threads",
-"errors"}``. Every epoch the trial rewrites its checkpoint (the source of truth for its training
+Tune's config of a trial is ``{"key", "config" (a featloss Config as its mapping), "checkpoint",
+"threads", "errors"}``. Every epoch the trial rewrites its checkpoint (the source of truth for its training
 state, see `featloss.storage`) and then reports the epoch's metrics to Tune, stamped with the time
 the epoch finished (kept in the checkpoint, so a replayed epoch carries the same stamp). A trial
 that starts with a checkpoint continues from its last finished epoch; a finished one re-reports
@@ -22,6 +22,7 @@ from featloss import storage
 from featloss.errors import ConfigError, one_line
 
 REPLAYED = "replayed"  # a report that retrains nothing (the epoch is in the checkpoint already)
+PAYLOAD = "featloss"  # the whole report, as JSON, inside a Tune result
 
 
 def featloss_trial(params: dict) -> None:
@@ -30,13 +31,19 @@ def featloss_trial(params: dict) -> None:
     import torch
     from ray import tune
 
-    key, config, checkpoint = params["key"], params["config"], params["checkpoint"]
+    from featloss.config import Config
+
+    # Tune keeps every trial's config in its experiment state: a plain mapping there (a pickled
+    # model is 10x larger), typed again here.
+    key, checkpoint = params["key"], params["checkpoint"]
+    config = Config.from_dict(params["config"], where=f"trial {key}")
     torch.set_num_threads(max(1, int(params.get("threads", 1))))
     where = {"node_id": ray.get_runtime_context().get_node_id(),
              "hostname": socket.gethostname()}
+    metric = params.get("metric", "val/accuracy")
 
     def send(metrics: dict) -> None:
-        tune.report({**metrics, **where})
+        tune.report(to_tune(metrics, metric, where))
 
     try:
         resume = storage.load_trial_state(checkpoint)
@@ -73,6 +80,30 @@ def _train(config, checkpoint: str, resume: dict | None, send) -> None:
     fit(config, report, resume=resume)
 
 
+def to_tune(metrics: dict, metric: str, where: dict) -> dict:
+    """What Tune gets of a report: the few keys its scheduler, searcher and result log read
+    (epoch, status, the study's metric, replayed, where it ran), the full report as one JSON
+    string under PAYLOAD. Tune keeps running statistics of every numeric key of every trial in
+    memory and in its experiment state, so fewer keys keep the driver's cost per trial flat."""
+    import json
+
+    out = {k: metrics[k] for k in ("epoch", "status", metric, REPLAYED) if k in metrics}
+    out.update(where)
+    out[PAYLOAD] = json.dumps(metrics)
+    return out
+
+
+def from_tune(result: dict) -> dict:
+    """The full report a Tune result carries (see `to_tune`), with where it ran."""
+    import json
+
+    metrics = json.loads(result[PAYLOAD]) if PAYLOAD in result else dict(result)
+    for key in ("node_id", "hostname", REPLAYED):
+        if key in result:
+            metrics[key] = result[key]
+    return metrics
+
+
 def features_uri(checkpoint_uri: str) -> str:
     """Where a finished trial with 2-D features leaves them (logged to its MLflow run)."""
     return checkpoint_uri[: -len(".pt")] + ".features.pt"
@@ -95,8 +126,8 @@ def _error_line(exc: BaseException, key: str, errors_dir: str | None) -> str:
     return line
 
 
-def trial_params(key: str, config, results_dir: str, threads: int) -> dict:
-    """Tune's config of one trial."""
-    return {"key": key, "config": config, "threads": threads,
+def trial_params(key: str, config, results_dir: str, threads: int, metric: str) -> dict:
+    """Tune's config of one trial (`config` a featloss Config, carried as its mapping)."""
+    return {"key": key, "config": config.to_dict(), "threads": threads, "metric": metric,
             "checkpoint": storage.join(results_dir, "checkpoints", f"{key}.pt"),
             "errors": storage.join(results_dir, "errors")}
