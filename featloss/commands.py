@@ -45,10 +45,11 @@ def add_parsers(sub) -> None:
     from featloss import report
 
     report.add_parser(sub)
-    from featloss import schema, slurm
+    from featloss import reproduce, schema, slurm
 
     slurm.add_parser(sub)
     schema.add_parser(sub)
+    reproduce.add_parser(sub)
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +87,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from featloss.schema import cmd_schema
 
         return cmd_schema()
+    if args.command == "reproduce":
+        from featloss.reproduce import cmd_reproduce
+
+        return cmd_reproduce(args)
     raise ConfigError(f"unknown command {args.command}")
 
 

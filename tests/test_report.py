@@ -498,7 +498,7 @@ def test_cmd_report_end_to_end(grid_study, tracking_uri, tmp_path, capsys, monke
     printed = capsys.readouterr().out
     assert str(out) in printed and "0.9400 ± 0.0424" in printed and "partial" not in printed
 
-    expected = {"summary.md", "summary.csv", "summary.parquet", "report.md",
+    expected = {"summary.md", "summary.csv", "summary.parquet", "trials.csv", "report.md",
                 "accuracy_vs_feature_dim.png", "dropout.png", "heatmap_softmax.png",
                 "heatmap_pod.png", "features_2d.png"}
     assert {p.name for p in out.iterdir()} == expected

@@ -163,7 +163,7 @@ def build_report(tracking_uri: str, study: str, out_dir: str,
         best = best_dims_table(table, list(spec.grid))
         staging = Path(scratch) / "report"
         staging.mkdir()
-        files = _write_tables(staging, table)
+        files = _write_tables(staging, table, record, spec)
         note = "; ".join(x for x in (partial, "smoke run" if record.smoke else "") if x)
         figures = _write_plots(staging, client, parent, record, spec, table, note, scratch)
         files += figures
@@ -179,13 +179,18 @@ def build_report(tracking_uri: str, study: str, out_dir: str,
     return Report(str(target), parent["run_id"], table, best, partial, files)
 
 
-def _write_tables(folder: Path, table) -> list[str]:
-    from featloss.summary import parquet_ready
+def _write_tables(folder: Path, table, record: StudyRecord, spec) -> list[str]:
+    from featloss.summary import parquet_ready, trials_frame
 
     (folder / "summary.md").write_text(to_markdown(table, REPORT_METRICS, with_ci=True) + "\n")
     table.to_csv(folder / "summary.csv", index=False)
     parquet_ready(table).to_parquet(folder / "summary.parquet", engine="pyarrow", index=False)
-    return ["summary.md", "summary.csv", "summary.parquet"]
+    # every trial's own values (per seed), the data behind every mean in the tables
+    phase = "final" if spec.mode == "search" else "grid"
+    trials = [t for t in record.trials.values() if t.phase == phase]
+    trials_frame(trials, list(spec.grid), selected=spec.mode == "search").to_csv(
+        folder / "trials.csv", index=False)
+    return ["summary.md", "summary.csv", "summary.parquet", "trials.csv"]
 
 
 def _class_count(spec) -> int | None:
@@ -335,7 +340,8 @@ def report_markdown(spec, record: StudyRecord, parent: dict, table, best, figure
         lines += ["Test accuracy, mean ± std [95 % CI] (n completed trials):", "", pivot, "",
                   "All metrics:", ""]
     lines.append(to_markdown(table, REPORT_METRICS, with_ci=True))
-    lines += ["", "Files: summary.md, summary.csv, summary.parquet", ""]
+    lines += ["", "Files: summary.md, summary.csv, summary.parquet; every trial's values: "
+                  "trials.csv", ""]
     if FEATURE_DIM in keys:
         lines += ["## Best feature dimension per loss", "", f"Rule: {BEST_DIM_RULE}.", ""]
         if len(best):
