@@ -105,8 +105,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_devices(plan, local=True, strict=False)
     data_note = check_plan_data(plan, strict=False)
     print("\n".join(plan.summary_lines()))
-    if data_note:
-        print(data_note)
+    for line in plan_warnings(plan) + ([data_note] if data_note else []):
+        print(f"warning: {line}" if not line.startswith("note:") else line)
     print(f"total: {plan.total_trials} trials")
     return 0
 
@@ -143,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                              overrides)
     _create(record)
     print("\n".join(plan.summary_lines()), flush=True)
+    for line in plan_warnings(plan):
+        print(f"featloss: warning: {line}", file=sys.stderr, flush=True)
     return _execute(plan, record, address, args.max_concurrent)
 
 
@@ -219,6 +221,21 @@ def check_plan_data(plan, strict: bool) -> str | None:
                 raise
             return f"note: data not usable here, so not checked: {exc}"
     return None
+
+
+def plan_warnings(plan) -> list[str]:
+    """Each loss's warnings about its planned run (`featloss.train.loss_warnings`, e.g. an
+    L-Softmax whose lambda never falls in the run), once per distinct text."""
+    from featloss.config import Config
+    from featloss.train import loss_warnings
+
+    configs = [t.config for t in plan.grid_trials]
+    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
+    seen: dict[str, None] = {}
+    for config in configs:
+        for line in loss_warnings(config):
+            seen.setdefault(line, None)
+    return list(seen)
 
 
 def _execute(plan, record, address: str | None, max_concurrent: int | None) -> int:

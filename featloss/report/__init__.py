@@ -31,7 +31,8 @@ from featloss.summary import MISSING, METRICS, sort_key, to_markdown
 
 DEFAULT_OUT = "featloss_report"
 REPORT_METRICS = ["test/accuracy", "val/accuracy", "feat/intra_class_std", "feat/mean_angle_deg",
-                  "feat/min_interclass_angle_deg"]
+                  "feat/min_interclass_angle_deg", "loss/frac_target_logit_negative",
+                  "loss/lambda"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
