@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# featloss run writes the report too, and prints where the results, report and MLflow run are
 run: $(STAMP)
 	$(BIN)/featloss run studies/quickstart.yaml
-	$(BIN)/featloss report quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
