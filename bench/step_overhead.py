@@ -51,10 +51,15 @@ def cpu_model() -> str:
 def commit() -> str:
     """Short HEAD, with '+' when tracked files differ from it (the numbers are of the tree)."""
     def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
-                              check=False).stdout.strip()
+        try:
+            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
+                                  check=False).stdout.strip()
+        except OSError:  # no git at all
+            return ""
 
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:  # a copy without .git (the GPU machine): gpu_check.sh passes it on
+        return os.environ.get("FEATLOSS_COMMIT", "unknown")
     return head + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
