@@ -113,7 +113,7 @@ def main() -> None:
                      for t in trials]
     ideal = sum(trial_seconds) / slots
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+                            text=True, check=False).stdout.strip()
     print(f"# featloss orchestration: {len(trials)} trials x {args.epochs} epochs, {slots} slots, "
           f"{os.cpu_count()} cores, commit {commit}")
     print(f"trial training time: mean {sum(trial_seconds) / len(trials):.2f} s "

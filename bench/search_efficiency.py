@@ -117,7 +117,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip()
+                            capture_output=True, text=True, check=False).stdout.strip()
     print(f"# search efficiency: TPE + ASHA replayed on a trained grid; {args.epochs} epochs, "
           f"mnist5k {args.train_samples} train images; {platform.machine()}, torch "
           f"{torch.__version__}, commit {commit}")

@@ -13,8 +13,15 @@ import sys
 from pathlib import Path
 
 from featloss.errors import ConfigError
-
-DEFAULT_STORAGE = "featloss_results"
+from featloss.preflight import (
+    DEFAULT_STORAGE,
+    check_devices,
+    check_environment,
+    check_plan_data,
+    plan_warnings,
+    storage_uri,
+    tracking_uri,
+)
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130
 EXIT_TRACKING_DOWN = 75  # EX_TEMPFAIL: try again later
@@ -113,15 +120,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # -- run -------------------------------------------------------------------------------------------
 
-def check_environment() -> None:
-    """The environment variables featloss reads, parsed before any work (ConfigError)."""
-    from featloss.engine.progress import progress_seconds
-    from featloss.tracking import retry_seconds
-
-    retry_seconds()
-    progress_seconds()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from featloss.config import parse_overrides
     from featloss.plan import expand
@@ -137,9 +135,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_options(args, address)
     if address is None:  # the trials run here: their data must be here and usable
         check_plan_data(plan, strict=True)
-    uri = _tracking_uri(args.tracking_uri)
+    uri = tracking_uri(args.tracking_uri)
     check_store(uri)
-    record = StudyRecord.new(plan, uri, _storage(args.storage), str(Path(args.study).resolve()),
+    record = StudyRecord.new(plan, uri, storage_uri(args.storage), str(Path(args.study).resolve()),
                              overrides)
     _create(record)
     print("\n".join(plan.summary_lines()), flush=True)
@@ -162,17 +160,6 @@ def _address(args: argparse.Namespace) -> str | None:
     return args.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def _tracking_uri(given: str | None) -> str:
-    from featloss.tracking import default_tracking_uri, normalise_uri
-
-    return normalise_uri(given or default_tracking_uri())
-
-
-def _storage(given: str | None) -> str:
-    store = given or os.environ.get("FEATLOSS_STORAGE") or DEFAULT_STORAGE
-    return store if "://" in store else str(Path(store).expanduser().resolve())
-
-
 def _create(record) -> None:
     """Write the record (creating the results folder): one line when the storage refuses."""
     try:
@@ -181,61 +168,6 @@ def _create(record) -> None:
         raise ConfigError(f"--storage {record.storage}: cannot create "
                           f"{record.results_dir} ({exc.strerror or exc}); pass a writable "
                           f"folder") from None
-
-
-def check_devices(plan, local: bool, strict: bool) -> None:
-    """train.device cuda needs GPUs in `resources` (Ray gives a trial only what it asks for);
-    a local run needs resources this machine has. Raises ConfigError."""
-    study = plan.study
-    configs = [t.config for t in plan.grid_trials]
-    from featloss.config import Config
-
-    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
-    if any(c.train.device.startswith("cuda") for c in configs) and study.resources.gpu <= 0:
-        raise ConfigError(f"{study.source}: train.device=cuda but resources.gpu is 0, so Ray "
-                          f"gives the trials no GPU; set resources.gpu (e.g. 1 or 0.25) or "
-                          f"train.device: auto")
-    if local and strict:
-        from featloss.engine.ray_setup import check_local_resources
-
-        check_local_resources(study.resources.model_dump())
-
-
-def check_plan_data(plan, strict: bool) -> str | None:
-    """Load and check the data of every distinct trial config (`featloss.data.check_data`).
-
-    strict (a local run): a problem raises DataError/ConfigError before anything starts.
-    Otherwise (validate, where the data may live on the cluster only) the first problem is
-    returned as a note line. Values a search varies are checked in the trials.
-    """
-    from featloss.config import Config
-    from featloss.data import check_data
-
-    configs = [t.config for t in plan.grid_trials]
-    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
-    for config in configs:
-        try:
-            check_data(config)
-        except ConfigError as exc:
-            if strict:
-                raise
-            return f"note: data not usable here, so not checked: {exc}"
-    return None
-
-
-def plan_warnings(plan) -> list[str]:
-    """Each loss's warnings about its planned run (`featloss.train.loss_warnings`, e.g. an
-    L-Softmax whose lambda never falls in the run), once per distinct text."""
-    from featloss.config import Config
-    from featloss.train import loss_warnings
-
-    configs = [t.config for t in plan.grid_trials]
-    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
-    seen: dict[str, None] = {}
-    for config in configs:
-        for line in loss_warnings(config):
-            seen.setdefault(line, None)
-    return list(seen)
 
 
 def _execute(plan, record, address: str | None, max_concurrent: int | None) -> int:
@@ -316,7 +248,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     new_overrides = parse_overrides(args.set)
     if target.endswith((".yaml", ".yml")) and Path(target).is_file():
         name = load_study(target, new_overrides).name
-        results_dir = find_results_dir(_storage(args.storage), name)
+        results_dir = find_results_dir(storage_uri(args.storage), name)
         source = target
     else:
         if not Path(target).exists() and "://" not in target:
@@ -344,7 +276,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if address is None:
         check_plan_data(plan, strict=True)
     if args.tracking_uri:
-        record.tracking_uri = _tracking_uri(args.tracking_uri)
+        record.tracking_uri = tracking_uri(args.tracking_uri)
     check_store(record.tracking_uri)
     _check_checkpoints(record)
     print(f"resuming {results_dir}", flush=True)

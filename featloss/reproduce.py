@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from featloss.claims import CLAIM_STUDIES
-    from featloss.commands import _storage, _tracking_uri, check_environment
+    from featloss.preflight import check_environment, storage_uri, tracking_uri
     from featloss.report import check_out
     from featloss.tracking import check_store
 
@@ -56,12 +56,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or ("featloss_results/claims-smoke" if args.smoke
                             else str(STUDIES_DIR / "results")))
     check_out(str(out))
-    uri = _tracking_uri(args.tracking_uri)
+    uri = tracking_uri(args.tracking_uri)
     check_store(uri)
     if args.from_mlflow:
         records = _read(studies, uri)
     else:
-        records = _run(studies, uri, _storage(args.storage), args.smoke)
+        records = _run(studies, uri, storage_uri(args.storage), args.smoke)
     _reports(records, uri, out)
     return _claims(records, out, args.smoke)
 
@@ -81,7 +81,7 @@ def _plans(studies: dict[str, str], smoke: bool):
 
 
 def _run(studies: dict[str, str], uri: str, storage: str, smoke: bool) -> dict:
-    from featloss.commands import check_plan_data
+    from featloss.preflight import check_plan_data
     from featloss.engine import ray_setup
     from featloss.engine.run import StudyInterrupted, run_new_study
 

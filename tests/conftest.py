@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+# repulsion targets cached for this test run only, never in the user's ~/.cache
+os.environ.setdefault("FEATLOSS_CACHE", tempfile.mkdtemp(prefix="featloss-test-cache-"))
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import fake_datasets as a module
 

@@ -1,0 +1,98 @@
+"""Checks every command runs before any work: environment, study devices, stores, data.
+
+Each raises ConfigError (one line, exit code 2) for bad input; the data checks load the data of
+every distinct trial configuration once (`featloss.data.check_data`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from featloss.errors import ConfigError
+
+DEFAULT_STORAGE = "featloss_results"
+
+
+def check_environment() -> None:
+    """The environment variables featloss reads, parsed before any work (ConfigError)."""
+    from featloss.engine.progress import progress_seconds
+    from featloss.tracking import retry_seconds
+
+    retry_seconds()
+    progress_seconds()
+
+
+def tracking_uri(given: str | None) -> str:
+    from featloss.tracking import default_tracking_uri, normalise_uri
+
+    return normalise_uri(given or default_tracking_uri())
+
+
+def storage_uri(given: str | None) -> str:
+    store = given or os.environ.get("FEATLOSS_STORAGE") or DEFAULT_STORAGE
+    return store if "://" in store else str(Path(store).expanduser().resolve())
+
+
+def check_devices(plan, local: bool, strict: bool) -> None:
+    """train.device cuda needs GPUs in `resources` (Ray gives a trial only what it asks for);
+    a local run needs resources this machine has. Raises ConfigError."""
+    study = plan.study
+    configs = [t.config for t in plan.grid_trials]
+    from featloss.config import Config
+
+    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
+    if any(c.train.device.startswith("cuda") for c in configs) and study.resources.gpu <= 0:
+        raise ConfigError(f"{study.source}: train.device=cuda but resources.gpu is 0, so Ray "
+                          f"gives the trials no GPU; set resources.gpu (e.g. 1 or 0.25) or "
+                          f"train.device: auto")
+    if local and strict:
+        from featloss.engine.ray_setup import check_local_resources
+
+        check_local_resources(study.resources.model_dump())
+
+
+def check_plan_data(plan, strict: bool) -> str | None:
+    """Load and check the data of every distinct trial config (`featloss.data.check_data`).
+
+    strict (a local run): a problem raises DataError/ConfigError before anything starts.
+    Otherwise (validate, where the data may live on the cluster only) the first problem is
+    returned as a note line. Values a search varies are checked in the trials.
+    """
+    from featloss.config import Config
+    from featloss.data import check_data
+
+    from featloss.losses import loss_info
+
+    configs = [t.config for t in plan.grid_trials]
+    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
+    seen = set()
+    for config in configs:
+        need = loss_info(config.loss.name).cls.min_samples_per_class(**config.loss.hparams)
+        key = (config.data.model_dump_json(), config.train.batch_size, need,
+               config.loss.name if need else "")
+        if key in seen:  # the same data asked the same of: checked already
+            continue
+        seen.add(key)
+        try:
+            check_data(config)
+        except ConfigError as exc:
+            if strict:
+                raise
+            return f"note: data not usable here, so not checked: {exc}"
+    return None
+
+
+def plan_warnings(plan) -> list[str]:
+    """Each loss's warnings about its planned run (`featloss.train.loss_warnings`, e.g. an
+    L-Softmax whose lambda never falls in the run), once per distinct text."""
+    from featloss.config import Config
+    from featloss.train import loss_warnings
+
+    configs = [t.config for t in plan.grid_trials]
+    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
+    seen: dict[str, None] = {}
+    for config in configs:
+        for line in loss_warnings(config):
+            seen.setdefault(line, None)
+    return list(seen)
