@@ -82,6 +82,7 @@ class StudyRecord(BaseModel):
     best: dict[str, dict[str, Any]] = {}  # loss -> {params, value, trial}
     parent_run_id: str | None = None
     created: float = Field(default_factory=time.time)
+    commit: str = ""  # featloss's git commit when the study started
     trials: dict[str, TrialRecord] = {}
 
     _dirty: bool = False
@@ -92,9 +93,11 @@ class StudyRecord(BaseModel):
     def new(cls, plan, tracking_uri: str, storage_uri: str, source: str,
             overrides: dict[str, Any] | None = None) -> StudyRecord:
         """The record of a new invocation of `plan`, in a new results folder (not yet written)."""
+        from featloss.provenance import git_commit
         from featloss.study import study_yaml
 
         return cls(study=plan.study.name, source=source, study_yaml=study_yaml(plan.study),
+                   commit=git_commit(),
                    overrides=overrides or {}, smoke=plan.smoke, planned=plan.total_trials,
                    tracking_uri=tracking_uri, storage=storage_uri,
                    results_dir=storage.new_results_dir(storage_uri, plan.study.name))

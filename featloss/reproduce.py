@@ -137,15 +137,18 @@ def _reports(records: dict, uri: str, out: Path) -> None:
 
 def _claims(records: dict, out: Path, smoke: bool) -> int:
     from featloss.claims import claims_table
-    from featloss.tracking.provenance import git_commit
+    from featloss.provenance import git_commit
 
     table = claims_table(records)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "claims.csv", index=False)
     shown = table.drop(columns=["note", "id", "study", "metric"])
+    commits = ", ".join(f"{name} at `{record.commit or 'unknown'}`"
+                        for name, record in records.items())
     header = [f"# featloss claims{' (SMOKE RUN: not results)' if smoke else ''}", "",
-              f"Commit {git_commit()}. Each row's data: `{out.name}/<study>/trials.csv`; rule "
-              f"and statistics: featloss/claims.py.", ""]
+              f"Table written at commit `{git_commit()}`; the studies ran at: {commits}. Each "
+              f"row's data: `<study>/trials.csv` beside this file; the rules and statistics: "
+              f"`featloss/claims.py` (Welch 95 % CIs, α = 0.05).", ""]
     (out / "claims.md").write_text("\n".join(header) + shown.to_markdown(index=False) + "\n")
     counts = table["verdict"].value_counts().to_dict()
     print(shown[["claim", "Δ [95 % CI]", "verdict"]].to_markdown(index=False))

@@ -592,3 +592,28 @@ def test_best_dimension_is_selected_on_validation_never_on_test():
     row = best_dims_table(table, ["model.feature_dim"]).iloc[0]
     assert row["best feature_dim"] == 4 and row["argmax feature_dim"] == 4
     assert row["its val mean"] == pytest.approx(0.90) and row["its test mean"] == pytest.approx(0.70)
+
+
+def test_bars_over_any_single_key_keep_losses_without_it():
+    records = [hand_trial("softmax", s, 0.9 + 0.01 * s, 16) for s in (0, 1)]
+    records += [hand_trial("wsoftmax", s, 0.8 + a / 10 + 0.01 * s, 16, **{"loss.alpha": a})
+                for a in (1.0, 2.0) for s in (0, 1)]
+    table = summary_table(records, "grid", ["loss.alpha"], ["softmax", "wsoftmax"])
+    fig = plots.plot_bars(table, "loss.alpha", None, ["loss.alpha"])
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == ["alpha=1", "alpha=2", "alpha=-"]
+    assert [p.get_height() for p in bars[2].patches] == pytest.approx([0.905])  # softmax
+    assert [p.get_height() for p in bars[0].patches] == pytest.approx([0.905])  # wsoftmax a=1
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["softmax", "wsoftmax"]
+
+
+def test_a_new_report_removes_the_plots_an_earlier_one_made(grid_study, tracking_uri, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "features_2d_pod.png").write_bytes(b"old plot")  # from an earlier report
+    (out / "my_notes.txt").write_text("mine")  # not the report's: kept
+    rp.build_report(tracking_uri, "dims", str(out))
+    assert not (out / "features_2d_pod.png").exists()
+    assert (out / "my_notes.txt").read_text() == "mine"
+    assert (out / "features_2d.png").is_file()

@@ -163,9 +163,20 @@ def build_report(tracking_uri: str, study: str, out_dir: str,
                                                         "report"), "logging the report")
         target = Path(out_dir).expanduser().resolve()
         target.mkdir(parents=True, exist_ok=True)
+        for old in target.glob("*"):  # a plot an earlier report made and this one does not
+            if old.is_file() and old.name not in files and _is_report_file(old.name):
+                old.unlink()
         for name in files:
             shutil.copyfile(staging / name, target / name)
     return Report(str(target), parent["run_id"], table, best, partial, files)
+
+
+REPORT_FILES = ("summary.", "trials.csv", "report.md", "accuracy_vs_feature_dim", "dropout.png",
+                "bars_", "heatmap_", "search_history_", "importance_", "features_2d")
+
+
+def _is_report_file(name: str) -> bool:
+    return name.startswith(REPORT_FILES)
 
 
 def _write_tables(folder: Path, table, record: StudyRecord, spec) -> list[str]:
@@ -216,6 +227,9 @@ def _write_plots(folder: Path, client, parent: dict, record: StudyRecord, spec, 
         if _varying(table, plots.DROPOUT):
             panel_key = plots.AUGMENT if _varying(table, plots.AUGMENT) else None
             save(plots.plot_dropout(table, panel_key, keys, note), "dropout.png")
+        elif len(keys) == 1 and keys[0] not in (plots.FEATURE_DIM, plots.CLASSES):
+            save(plots.plot_bars(table, keys[0], None, keys, note),
+                 f"bars_{keys[0].split('.')[-1]}.png")
         if len(keys) == 2:
             for loss in dict.fromkeys(table["loss"]):
                 part = table[table["loss"] == loss]

@@ -106,10 +106,11 @@ def plot_accuracy_vs_feature_dim(table, k: int | None, series_keys: list[str] | 
         off = sorted({r["loss"] for _, r in near.iterrows()
                       if r[f"{ACCURACY} mean"] < top_mean - OFF_SCALE}, key=losses.index)
         near = near[~near["loss"].isin(off)]
-        for i, loss in enumerate(losses):
-            for label, members in _groups(near[near["loss"] == loss], series_keys).items():
-                _errorbars(ax, members, f"{loss}" + (f" ({label})" if label != "all" else ""),
-                           color=f"C{i % 10}")
+        series = [(loss, label, members) for loss in losses
+                  for label, members in _groups(near[near["loss"] == loss], series_keys).items()]
+        for i, (loss, label, members) in enumerate(series):
+            _errorbars(ax, members, f"{loss}" + (f" ({label})" if label != "all" else ""),
+                       color=f"C{i % 10}")
         near_dims = sorted({int(d) for d in near[FEATURE_DIM]} | {k - 1})
         _dim_axis(ax, near_dims, k)
         if len(near):
@@ -155,27 +156,34 @@ def _dim_axis(ax, dims: list[int], k: int | None) -> None:
 
 def plot_dropout(table, panel_key: str | None = None, grid_keys: list[str] | None = None,
                  note: str = ""):
-    """Grouped bars: losses on x, one bar per dropout value, std error bars; a panel per
-    ``data.augment`` value when it varies (the NCM paper's Table 3 layout). The y axis spans
-    the data (not 0-1), so differences of a point show; the legend sits outside the bars."""
+    """The NCM paper's Table 3 layout: `plot_bars` over the dropout rate."""
+    return plot_bars(table, DROPOUT, panel_key, grid_keys, note)
+
+
+def plot_bars(table, key: str, panel_key: str | None = None, grid_keys: list[str] | None = None,
+              note: str = ""):
+    """Grouped bars: losses on x, one bar per value of `key` (a loss without the key: one bar,
+    '-'), std error bars; a panel per `panel_key` value (e.g. ``data.augment``). The y axis
+    spans the data (not 0-1), so differences of a point show; the legend sits outside."""
     import numpy as np
 
-    grid_keys = grid_keys or [DROPOUT]
-    group_keys = [k for k in grid_keys if k not in (DROPOUT, panel_key)]
-    part = _done(table[table[DROPOUT] != MISSING])
+    grid_keys = grid_keys or [key]
+    group_keys = [k for k in grid_keys if k not in (key, panel_key)]
+    part = _done(table)
     panels = (sorted({v for v in part[panel_key]}, key=_sort_key) if panel_key else [None])
-    dropouts = sorted({v for v in part[DROPOUT]}, key=_sort_key)
+    values = sorted({v for v in part[key]}, key=_sort_key)
+    short = _short_key(key)
     fig, axes = _figure(max(4.5, 0.5 * len(part) / len(panels) + 2), 3.8, 1, len(panels),
                         sharey=True)
     lows, highs = [], []
     for ax, panel in zip(axes, panels):
         sub = part if panel is None else part[part[panel_key] == panel]
         groups = list(dict.fromkeys(_label(r, group_keys, r["loss"]) for _, r in sub.iterrows()))
-        width = 0.8 / max(1, len(dropouts))
-        for i, p in enumerate(dropouts):
+        width = 0.8 / max(1, len(values))
+        for i, value in enumerate(values):
             heights, errors, xs = [], [], []
             for j, label in enumerate(groups):
-                match = [r for _, r in sub.iterrows() if r[DROPOUT] == p
+                match = [r for _, r in sub.iterrows() if r[key] == value
                          and _label(r, group_keys, r["loss"]) == label]
                 if match:
                     xs.append(j - 0.4 + width * (i + 0.5))
@@ -183,18 +191,18 @@ def plot_dropout(table, panel_key: str | None = None, grid_keys: list[str] | Non
                     errors.append(_std([match[0][f"{ACCURACY} std"]])[0])
             lows += [h - e for h, e in zip(heights, errors)]
             highs += [h + e for h, e in zip(heights, errors)]
-            ax.bar(xs, heights, width, yerr=errors, capsize=3, label=f"dropout={_fmt(p)}",
+            ax.bar(xs, heights, width, yerr=errors, capsize=3, label=f"{short}={_fmt(value)}",
                    color=f"C{i % 10}")
         ax.set_xticks(np.arange(len(groups)), groups, rotation=20 if len(groups) > 4 else 0)
         ax.set_xlabel("loss")
-        name = "dropout" if panel is None else f"augment={_fmt(panel)}"
+        name = short if panel is None else f"{_short_key(panel_key)}={_fmt(panel)}"
         ax.set_title(name, fontsize="medium")
     if lows:
         pad = max(0.005, 0.15 * (max(highs) - min(lows)))
         axes[0].set_ylim(min(lows) - pad, min(1.0, max(highs)) + pad)
     axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
     axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(_title("test accuracy by dropout rate (y axis not from 0)", note))
+    fig.suptitle(_title(f"test accuracy by {short} (y axis not from 0)", note))
     fig.tight_layout()
     return fig
 

@@ -2,8 +2,7 @@
 
 - `client`: the tracking URI, the fast store check, one client whose calls retry (bounded);
 - `runs`: the write side, `ParentRun` (the study's front page) and `TrialRuns` (one per trial);
-- `read`: the read side, for reports;
-- `provenance`: git commit and package versions.
+- `read`: the read side, for reports.
 """
 
 from featloss.tracking.client import (

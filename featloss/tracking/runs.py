@@ -73,7 +73,7 @@ class ParentRun:
         """Create the run with its tags, study-level params and text artifacts; its id."""
         from mlflow.entities import Param
 
-        from featloss.tracking.provenance import git_commit, versions
+        from featloss.provenance import git_commit, versions
 
         vers = versions()
         all_tags = {ROLE_TAG: "parent", "study": self.study_name, "git_commit": git_commit(),

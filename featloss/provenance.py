@@ -24,7 +24,7 @@ def versions() -> dict[str, str]:
 
 def git_commit() -> str:
     """HEAD of the featloss checkout (``-dirty`` with uncommitted changes), or "unknown"."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10)
