@@ -11,8 +11,8 @@ from featloss.study import load_study
 from featloss.yamlio import load_yaml
 
 pytestmark = pytest.mark.slow
-CPU_STUDIES = ["quickstart", "feature_dim_sweep_mnist5k", "dropout_study_mnist5k",
-               "first_k_classes", "fuzzy_rgb_2d"]
+# The claim studies (the sweep, the dropout study, ...) run with --smoke in test_claims.py.
+CPU_STUDIES = ["quickstart", "first_k_classes", "fuzzy_rgb_2d", "pod_lambda_ablation_mnist5k"]
 
 
 @pytest.mark.parametrize("name", CPU_STUDIES)
