@@ -73,6 +73,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a "
                                           "local Ray)")
     parser.add_argument("--max-concurrent", type=int, help="trials running at once")
+    parser.add_argument("--wait-for-nodes", type=float, default=0, metavar="SECONDS",
+                        help="with --address: when no node can hold one trial yet, ask Ray's "
+                             "autoscaler for one and wait up to SECONDS (default 0: fail at "
+                             "once)")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -143,13 +147,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\n".join(plan.summary_lines()), flush=True)
     for line in plan_warnings(plan):
         print(f"featloss: warning: {line}", file=sys.stderr, flush=True)
-    return _execute(plan, record, address, args.max_concurrent)
+    return _execute(plan, record, address, args)
 
 
 def _check_options(args: argparse.Namespace, address: str | None) -> None:
     """The run options that need no study: concurrency, the Ray address (ConfigError)."""
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    if not 0 <= args.wait_for_nodes <= 86400:
+        raise ConfigError(f"--wait-for-nodes {args.wait_for_nodes:g}: must be between 0 and "
+                          f"86400 seconds")
+    if args.wait_for_nodes and not address:
+        raise ConfigError("--wait-for-nodes needs --address (a local Ray has no autoscaler)")
     if address:
         from featloss.engine.ray_setup import check_address
 
@@ -170,11 +179,12 @@ def _create(record) -> None:
                           f"folder") from None
 
 
-def _execute(plan, record, address: str | None, max_concurrent: int | None) -> int:
+def _execute(plan, record, address: str | None, args: argparse.Namespace) -> int:
     from featloss.engine.run import RunOptions, StudyInterrupted, run_study
 
     try:
-        outcome = run_study(plan, record, RunOptions(address, max_concurrent))
+        outcome = run_study(plan, record,
+                            RunOptions(address, args.max_concurrent, args.wait_for_nodes))
     except StudyInterrupted as stop:
         if stop.reason:  # the study stopped itself, cleanly
             print(f"featloss: study stopped: {stop.reason}; resume with: featloss resume "
@@ -280,7 +290,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     check_store(record.tracking_uri)
     _check_checkpoints(record)
     print(f"resuming {results_dir}", flush=True)
-    return _execute(plan, record, address, args.max_concurrent)
+    return _execute(plan, record, address, args)
 
 
 def _current_study(path: str, overrides: dict) -> dict | None:

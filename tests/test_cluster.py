@@ -105,43 +105,85 @@ def wait_for(check, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def ray_node(address: str, cpus: int, head: bool = False) -> subprocess.Popen:
+    """`ray start --block` as its own process group: a head on `address`'s port, or a worker."""
+    port = address.rpartition(":")[2]
+    role = (["--head", f"--port={port}", "--include-dashboard=false"] if head
+            else [f"--address={address}"])
+    return subprocess.Popen([str(BIN / "ray"), "start", *role, f"--num-cpus={cpus}", "--block",
+                             "--node-ip-address=127.0.0.1"], env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def cluster_cpus(address: str) -> str:
+    return subprocess.run([str(BIN / "ray"), "status", f"--address={address}"],
+                          capture_output=True, text=True, env=env()).stdout
+
+
+def featloss_cmd(study: Path, address: str, tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "featloss", "run", str(study), "--address", address,
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage",
+            str(tmp_path / "results"), *extra]
+
+
+def trial_runs(tmp_path: Path, name: str) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    return [r for r in client.search_runs([exp.experiment_id], "")
+            if r.data.tags.get("featloss.role") == "trial"]
+
+
 def test_separate_ray_processes_run_one_study(tmp_path):
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    common = ["--num-cpus=1", "--block", "--node-ip-address=127.0.0.1"]
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", f"--port={port}",
-                             "--include-dashboard=false", *common], env=env(),
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
-    worker = None
+    address = f"127.0.0.1:{free_port()}"
+    nodes = [ray_node(address, 1, head=True)]
     try:
-        wait_for(lambda: subprocess.run([str(BIN / "ray"), "status", f"--address={address}"],
-                                        capture_output=True, env=env()).returncode == 0,
-                 120, "the Ray head")
-        worker = subprocess.Popen([str(BIN / "ray"), "start", f"--address={address}", *common],
-                                  env=env(), start_new_session=True, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.STDOUT)
-        wait_for(lambda: "2.0 CPU" in subprocess.run(
-            [str(BIN / "ray"), "status", f"--address={address}"], capture_output=True,
-            text=True, env=env()).stdout, 120, "the worker to join")
+        wait_for(lambda: "1.0 CPU" in cluster_cpus(address), 120, "the Ray head")
+        nodes.append(ray_node(address, 1))
+        wait_for(lambda: "2.0 CPU" in cluster_cpus(address), 120, "the worker to join")
         study = tmp_path / "study.yaml"
         study.write_text(dump_yaml(tiny_study("two-processes", seeds=[0, 1, 2, 3])))
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        proc = subprocess.run([sys.executable, "-m", "featloss", "run", str(study), "--address",
-                               address, "--tracking-uri", uri, "--storage",
-                               str(tmp_path / "results")], capture_output=True, text=True,
-                              env=env(), cwd=tmp_path, timeout=600)
+        proc = subprocess.run(featloss_cmd(study, address, tmp_path), capture_output=True,
+                              text=True, env=env(), cwd=tmp_path, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name("two-processes")
-        runs = [r for r in client.search_runs([exp.experiment_id], "")
-                if r.data.tags.get("featloss.role") == "trial"]
+        runs = trial_runs(tmp_path, "two-processes")
         assert len(runs) == 4 and {r.data.tags["status"] for r in runs} == {"completed"}
         assert len({r.data.tags["node_id"] for r in runs}) == 2
     finally:
-        for p in (worker, head):
-            if p is not None:
-                stop(p)
+        for p in reversed(nodes):
+            stop(p)
+
+
+def test_a_run_waits_for_a_node_its_trials_fit_on(tmp_path):
+    """Trials needing 2 CPUs on a 1-CPU cluster: one error line at once without
+    --wait-for-nodes; with it, the run waits and starts when a 2-CPU node joins."""
+    address = f"127.0.0.1:{free_port()}"
+    nodes = [ray_node(address, 1, head=True)]
+    try:
+        wait_for(lambda: "1.0 CPU" in cluster_cpus(address), 120, "the Ray head")
+        study = tmp_path / "study.yaml"
+        study.write_text(dump_yaml(tiny_study("wait-nodes", resources={"cpu": 2, "gpu": 0},
+                                              train={"epochs": 1})))
+        proc = subprocess.run(featloss_cmd(study, address, tmp_path), capture_output=True,
+                              text=True, env=env(), cwd=tmp_path, timeout=300)
+        assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "fit no node" in proc.stderr and "--wait-for-nodes" in proc.stderr
+        log = tmp_path / "wait.log"
+        with log.open("w") as out:
+            waiting = subprocess.Popen(featloss_cmd(study, address, tmp_path,
+                                                    "--wait-for-nodes", "300"),
+                                       stdout=out, stderr=subprocess.STDOUT, env=env(),
+                                       cwd=tmp_path, start_new_session=True)
+        try:
+            wait_for(lambda: "waiting up to 300 s" in log.read_text(), 180, "the wait message")
+            nodes.append(ray_node(address, 2))
+            assert waiting.wait(timeout=600) == 0, log.read_text()[-3000:]
+        finally:
+            stop(waiting)
+        runs = trial_runs(tmp_path, "wait-nodes")
+        assert len(runs) == 1 and runs[0].data.tags["status"] == "completed"
+    finally:
+        for p in reversed(nodes):
+            stop(p)
 
 
 def start_mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:

@@ -216,3 +216,31 @@ def test_common_space_parses():
 def test_shipped_studies_validate(path):
     plan = expand(load_study(path))
     assert plan.total_trials > 0
+
+
+def test_base_files_compose_and_set_wins(tmp_path):
+    """`_base_` chains deep-merge mappings (the file over its base), lists are replaced whole,
+    paths resolve relative to the including file, and --set is applied last."""
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "root.yaml").write_text(
+        "data: {dataset: digits, max_train_samples: 400}\n"
+        "model: {backbone: small_cnn, feature_dim: 16, dropout: 0.1}\n"
+        "train: {epochs: 3, batch_size: 64, lr: 0.05}\nlosses: [softmax, center]\nseeds: [0]\n")
+    (tmp_path / "common" / "mid.yaml").write_text(
+        "_base_: root.yaml\nmodel: {feature_dim: 32}\nseeds: [0, 1, 2]\n")
+    (tmp_path / "study.yaml").write_text(
+        "_base_: common/mid.yaml\nname: composed\ntrain: {lr: 0.01}\nlosses: [pod]\n")
+    study = load_study(tmp_path / "study.yaml", {"train.epochs": 7})
+    assert study.name == "composed"
+    assert study.model.feature_dim == 32 and study.model.dropout == 0.1  # merged, not replaced
+    assert (study.train.lr, study.train.batch_size, study.train.epochs) == (0.01, 64, 7)
+    assert study.losses == ["pod"] and study.seeds == [0, 1, 2]  # lists replaced whole
+    assert study.data.max_train_samples == 400
+    assert "_base_" not in study.raw
+
+
+def test_base_cycle_is_one_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\nlosses: [softmax]\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_study(tmp_path / "a.yaml")

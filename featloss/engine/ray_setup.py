@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from featloss.errors import ConfigError
@@ -133,6 +134,39 @@ def cluster_slots(resources: dict[str, float]) -> int:
     if resources["gpu"] > 0:
         slots.append(int(total.get("GPU", 0) // resources["gpu"] + 1e-9))
     return max(1, min(slots))
+
+
+def wait_for_node(resources: dict[str, float], address: str, seconds: float, say,
+                  poll: float = 5.0) -> None:
+    """Return once a live node can hold one trial's `resources`; ConfigError after `seconds`.
+
+    While waiting, the autoscaler is asked for one such node (``request_resources``: Tune only
+    places demand once trials are pending, which is after this check); the request is cleared
+    before returning. A cluster without an autoscaler ignores the request, so the wait ends in
+    the same error line, later.
+    """
+    if fits_some_node(resources):
+        return
+    shape = f"{{cpu: {resources['cpu']:g}, gpu: {resources['gpu']:g}}}"
+    if seconds <= 0:
+        raise ConfigError(f"resources {shape} fit no node of the cluster at {address}; lower "
+                          f"them, add nodes, or on an autoscaling cluster pass --wait-for-nodes "
+                          f"SECONDS")
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": resources["cpu"], **({"GPU": resources["gpu"]} if resources["gpu"] else {})}
+    request_resources(bundles=[bundle])
+    say(f"waiting up to {seconds:g} s for a node with {shape} (autoscaler asked)…")
+    deadline = time.monotonic() + seconds
+    try:
+        while not fits_some_node(resources):
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"resources {shape} fit no node of the cluster at {address} "
+                                  f"after waiting {seconds:g} s (--wait-for-nodes); lower them "
+                                  f"or check the autoscaler (ray status)")
+            time.sleep(poll)
+    finally:
+        request_resources(bundles=[])  # the request persists otherwise, keeping the node up
 
 
 def fits_some_node(resources: dict[str, float]) -> bool:

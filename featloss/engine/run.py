@@ -46,6 +46,7 @@ class StudyInterrupted(Exception):
 class RunOptions:
     address: str | None = None
     max_concurrent: int | None = None
+    wait_for_nodes: float = 0  # seconds an autoscaler gets to start a node a trial fits on
 
 
 @dataclass
@@ -78,11 +79,9 @@ def run_study(plan: StudyPlan, record: StudyRecord, options: RunOptions,
         # stops the study as cleanly as Ctrl+C does (signals reach the main thread only)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _raise_interrupt)
-        if options.address and not ray_setup.fits_some_node(study.resources.model_dump()):
-            from featloss.errors import ConfigError
-
-            raise ConfigError(f"resources {study.resources.model_dump()} fit no node of the "
-                              f"cluster at {options.address}; lower them or add nodes")
+        if options.address:
+            ray_setup.wait_for_node(study.resources.model_dump(), options.address,
+                                    options.wait_for_nodes, progress.say)
         experiment_id = open_experiment(client, study.name, study.description)
         parent = ParentRun(client, experiment_id, study.name)
         if record.parent_run_id:
