@@ -238,6 +238,8 @@ row("options", lambda c: c.run(GOOD, "--set", "train.epochs=many"),
 row("options", lambda c: c.run(GOOD, "--set", "seeds=[-5]"), "seeds must lie in")
 row("options", lambda c: c.run(GOOD, "--max-concurrent", "0"), "--max-concurrent 0: must be >= 1")
 row("options", lambda c: c.run(GOOD, "--max-concurrent", "two"), "invalid int value: 'two'")
+row("options", lambda c: c.run(GOOD, "--wait-for-nodes", "-5"), "--wait-for-nodes -5: must be between 0")
+row("options", lambda c: c.run(GOOD, "--wait-for-nodes", "60"), "--wait-for-nodes needs --address")
 row("options", lambda c: c.run(GOOD, "--frobnicate"), "unrecognized arguments: --frobnicate")
 row("options", lambda c: ["frobnicate"], "invalid choice: 'frobnicate'")
 row("options", lambda c: c.run(GOOD, "--address", "127.0.0.1:1"),
