@@ -130,8 +130,9 @@ def repulsion_centroids(num_classes: int, feature_dim: int, seed: int = 0,
 def repulsion_cache_dir() -> Path:
     """Where repulsion targets are cached: ``$FEATLOSS_CACHE/targets`` or
     ``~/.cache/featloss/targets``."""
-    root = os.environ.get("FEATLOSS_CACHE") or Path.home() / ".cache" / "featloss"
-    return Path(root).expanduser() / "targets"
+    from featloss.cache import cache_root
+
+    return cache_root() / "targets"
 
 
 def clear_repulsion_memo() -> None:
