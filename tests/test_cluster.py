@@ -297,3 +297,33 @@ def test_mlflow_server_down_for_good_stops_cleanly_then_resume_completes(tmp_pat
         if run is not None and run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
         stop(server)
+
+
+def test_an_address_where_no_ray_head_answers_is_one_line_in_bounded_time(tmp_path):
+    """A port that accepts connections but never answers, and ``auto`` naming a recorded
+    cluster that is gone: ``ray.init`` would wait without end; featloss says so in one line."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    recorded = tmp_path / "tmp" / "ray"
+    recorded.mkdir(parents=True)
+    (recorded / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+    study = tmp_path / "study.yaml"
+    study.write_text(dump_yaml(tiny_study("no-head")))
+    try:
+        for address, expected in ((f"127.0.0.1:{port}", "no Ray head answers there"),
+                                  ("auto", "by an earlier `ray start` does not answer")):
+            started = time.monotonic()
+            proc = subprocess.run(featloss_cmd(study, address, tmp_path), capture_output=True,
+                                  text=True, cwd=tmp_path, timeout=180,
+                                  env={**env(), "TMPDIR": str(tmp_path / "tmp")})
+            took = time.monotonic() - started
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+            assert took < 90, f"{address}: {took:.0f} s"
+            assert not (tmp_path / "results").exists() or not any(
+                (tmp_path / "results").iterdir())  # refused before a results folder
+    finally:
+        silent.close()

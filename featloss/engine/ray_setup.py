@@ -17,6 +17,7 @@ from typing import Any
 from featloss.errors import ConfigError
 
 CONNECT_TIMEOUT_S = 10.0
+GCS_TIMEOUT_S = 5.0  # Ray's GCS client: how long the head gets to give its cluster ID
 
 QUIET_ENV = {  # setdefault: a user's own setting wins
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -56,26 +57,79 @@ class _TuneResumeNotices(logging.Filter):
         return not any(n in record.getMessage() for n in self.NOTICES)
 
 
-def check_address(address: str) -> None:
-    """Raise ConfigError unless ``host:port`` accepts a TCP connection within seconds.
+GCS_PROBE = """
+import sys
+from ray._private.services import canonicalize_bootstrap_address_or_die
+from ray._raylet import InnerGcsClient
+try:
+    address = canonicalize_bootstrap_address_or_die(sys.argv[1])
+except Exception as exc:  # no recorded cluster, several of them, a bad address
+    print("ERR -", str(exc).strip().splitlines()[0]); raise SystemExit
+try:
+    InnerGcsClient.standalone(address, None, int(float(sys.argv[2]) * 1000))
+except Exception as exc:
+    print("ERR", address, str(exc).strip().splitlines()[0]); raise SystemExit
+print("OK", address)
+"""
 
-    ``auto`` (a cluster recorded on this machine) and ``ray://`` client addresses are left to
-    Ray itself.
+
+def check_address(address: str) -> None:
+    """Raise ConfigError unless a Ray head answers at `address` (``host:port`` or ``auto``).
+
+    ``ray.init`` alone can wait without end: on a port that accepts connections but never
+    answers, or on ``auto`` naming a cluster that is gone. So a TCP connection is tried first
+    (seconds), then Ray's own GCS client asks the head for its cluster ID in a child process
+    that is killed after a bound, its C++ log lines kept off the terminal. ``ray://`` client
+    addresses are left to Ray itself. Checked once per process and address.
     """
-    if address == "auto" or "://" in address:
+    if "://" in address or address in _ANSWERED:
         return
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--address {address}: expected HOST:PORT of a Ray head (e.g. "
-                          f"10.0.0.5:6379) or auto")
+    if address != "auto":
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--address {address}: expected HOST:PORT of a Ray head (e.g. "
+                              f"10.0.0.5:6379) or auto")
+        try:
+            with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"--address {address}: cannot join the Ray cluster "
+                              f"({exc.strerror or exc}); is `ray start --head` running "
+                              f"there?") from None
+    _probe_gcs(address)
+    _ANSWERED.add(address)
+
+
+_ANSWERED: set[str] = set()
+
+
+def _probe_gcs(address: str) -> None:
+    import subprocess
+    import sys
+
     try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"--address {address}: cannot join the Ray cluster "
-                          f"({exc.strerror or exc}); is `ray start --head` running there?") \
-            from None
+        proc = subprocess.run([sys.executable, "-c", GCS_PROBE, address, str(GCS_TIMEOUT_S)],
+                              capture_output=True, text=True, timeout=GCS_TIMEOUT_S + 30,
+                              env={**os.environ, **QUIET_ENV})
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"--address {address}: no Ray head answered within "
+                          f"{GCS_TIMEOUT_S + 30:g} s; check the address (`ray status` on the "
+                          f"head prints it)") from None
+    lines = [x for x in proc.stdout.splitlines() if x.startswith(("OK ", "ERR "))]
+    if lines and lines[-1].startswith("OK "):
+        return
+    if not lines:
+        detail = (proc.stderr.strip().splitlines() or ["no reply"])[-1]
+        raise ConfigError(f"--address {address}: cannot check the Ray head ({detail})")
+    _, resolved, detail = lines[-1].split(" ", 2)
+    if address != "auto":
+        raise ConfigError(f"--address {address}: no Ray head answers there ({detail}); is "
+                          f"this the address `ray start --head` printed?")
+    where = f"the cluster recorded at {resolved} by an earlier `ray start` " \
+        if resolved != "-" else ""
+    raise ConfigError(f"--address auto: {where}does not answer ({detail}); start one with "
+                      f"`ray start --head`, or pass --address HOST:PORT")
 
 
 def check_local_resources(resources: dict[str, float]) -> None:
