@@ -252,7 +252,11 @@ def test_progress_counts_every_finished_trial_and_the_best_over_all_of_them(tmp_
             key=f"t{i}", phase="search", loss="softmax" if i != 1 else "center", seed=0,
             config={}, status=status, metrics={"val/accuracy": acc}, started=started,
             finished=finished)
+    # mean trial 40/3 s; left: 2 not started + what the mean leaves of the running one, / 2
     text = line(record, "search", total=6, slots=2, metric="val/accuracy", mode="max",
-                elapsed=65)
-    assert text.startswith("[search 3/6 done, 1 running | 1m05s elapsed, ~20s left]")
+                elapsed=55, now=55)
+    assert text.startswith("[search 3/6 done, 1 running | 55s elapsed, ~18s left]")  # 35/2
     assert text.endswith("best val/accuracy: 0.4100 (softmax)")
+    later = line(record, "search", total=6, slots=2, metric="val/accuracy", mode="max",
+                 elapsed=65, now=65)  # the running trial is past the mean: it counts 0
+    assert later.startswith("[search 3/6 done, 1 running | 1m05s elapsed, ~13s left]")

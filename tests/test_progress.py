@@ -25,11 +25,12 @@ WIDTH = 80
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def run_in_pty(args: list[str], cwd, stop_when=None) -> tuple[int, str]:
-    """Run `featloss ARGS` with its stdout and stderr on a WIDTHx24 terminal; (rc, output).
+def run_in_pty(args: list[str], cwd, stop_when=None, width: int = WIDTH) -> tuple[int, str]:
+    """Run `featloss ARGS` with its stdout and stderr on a `width`x24 terminal; (rc, output).
     `stop_when()` returning True sends SIGINT once."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, WIDTH, 0, 0))
+    rows = 24 if width else 0
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, width, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen([sys.executable, "-m", "featloss", *args], cwd=cwd, stdin=slave,
                             stdout=slave, stderr=slave, env={**env, "TERM": "xterm"},
@@ -98,3 +99,15 @@ def test_one_live_line_within_80_columns_and_right_after_a_resume(tmp_path):
     noise = ("Token authentication", "Tuner.restore", "Creating initial MLflow",
              "mlflow.store.db.utils")
     assert not [s for s in screens(out) if any(n in s for n in noise)]
+
+
+def test_a_terminal_reporting_no_width_still_shows_the_line(tmp_path):
+    """`script` without a size gives a pty of 0x0: the line is drawn for 80 columns."""
+    study = tmp_path / "study.yaml"
+    study.write_text(dump_yaml(tiny_study("tty0", train={"epochs": 1},
+                                          data={"max_train_samples": 128,
+                                                "max_eval_samples": 64})))
+    rc, out = run_in_pty(["run", str(study), "--storage", str(tmp_path / "r"), "--tracking-uri",
+                          f"sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path, width=0)
+    assert rc == 0, out[-2000:]
+    assert any(s.startswith("[grid 1/1 done") for s in screens(out)), screens(out)

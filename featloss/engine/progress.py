@@ -4,8 +4,10 @@ On a terminal: one line, cut to the terminal's width and updated in place (tqdm 
 saying what the study waits for while it starts ("starting Ray…"), then
 ``[search 12/25 done, 2 running, 1 failed | 1m32s elapsed, ~1m40s left] best val/accuracy: ...``.
 Elsewhere (a log file, CI): the same text as a new line every `FEATLOSS_PROGRESS_SECONDS`
-(default 10) and whenever a trial ends. The ETA is the phase's mean trial time (finished trials,
-across resumes) times the trials left, divided by the slots running at once.
+(default 10) and whenever a trial ends; a terminal's line is redrawn every second. The ETA is
+the work left in mean trial times (finished trials, across resumes): one per trial not started,
+and what the mean leaves of each running trial, divided by the slots running at once, so it
+counts down while trials run.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Progress:
         self.stream = stream or sys.stdout
         self.every = progress_seconds() if every is None else every
         self.tty = self.stream.isatty() if tty is None else tty
+        if self.tty and every is None:
+            self.every = min(self.every, 1.0)  # in place: cheap, and the ETA counts down
         self.started = time.monotonic()
         self.last = 0.0
         self._bar = None
@@ -50,13 +54,17 @@ class Progress:
         if not self.tty:
             print(text, file=self.stream, flush=True)
             return
-        width = shutil.get_terminal_size((80, 24)).columns
+        # a pseudo-terminal may report 0 columns (e.g. `script` without a size): assume 80
+        size = shutil.get_terminal_size((80, 24))
+        width = size.columns or 80
         text = text if len(text) < width else text[: max(width - 2, 1)] + "…"
         if self._bar is None:
             from tqdm import tqdm
 
+            # the text is cut to the width above at every draw: tqdm must not cut it again,
+            # nor hide it on a terminal reporting 0 rows
             self._bar = tqdm(total=0, bar_format="{desc}", file=self.stream, leave=True,
-                             dynamic_ncols=True)
+                             ncols=10_000, nrows=size.lines or 24)
         self._bar.set_description_str(text, refresh=True)
 
     def say(self, text: str) -> None:
@@ -86,8 +94,9 @@ class Progress:
 
 
 def line(record: StudyRecord, phase: str, total: int, slots: int, metric: str, mode: str,
-         elapsed: float) -> str:
-    """The progress text of `phase` from the record (pure: tested on its own)."""
+         elapsed: float, now: float | None = None) -> str:
+    """The progress text of `phase` from the record (pure but for `now`, unix seconds, default
+    the current time: tested on its own)."""
     counts = record.counts(phase)
     done = sum(counts[s] for s in ("completed", "diverged", "failed", "stopped"))
     parts = [f"{done}/{total} done", f"{counts['running']} running"]
@@ -95,10 +104,14 @@ def line(record: StudyRecord, phase: str, total: int, slots: int, metric: str, m
     timing = [f"{_duration(elapsed)} elapsed"]
     durations = [t.finished - t.started for t in record.phase(phase)
                  if t.done and t.started is not None and t.finished is not None]
-    left = max(total - done, 0)
-    if durations and left:
-        timing.append(f"~{_duration(sum(durations) / len(durations) * left / max(slots, 1))} "
-                      f"left")
+    if durations and total > done:
+        mean = sum(durations) / len(durations)
+        now = time.time() if now is None else now
+        running = [now - t.started for t in record.phase(phase)
+                   if t.status == "running" and t.started is not None]
+        not_started = max(total - done - len(running), 0)
+        work = not_started * mean + sum(max(mean - ran, 0.0) for ran in running)
+        timing.append(f"~{_duration(work / max(slots, 1))} left")
     text = f"[{phase} {', '.join(parts)} | {', '.join(timing)}]"
     best = record.best_by_loss(phase, metric, mode)
     if best:
