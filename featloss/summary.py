@@ -4,7 +4,8 @@ Rows are the study's cells: loss x grid values (grid studies) or loss x selected
 hyperparameters (the final phase of a search). Per row: how many trials completed, failed,
 diverged or were stopped, and for each metric over the completed trials the mean, the standard
 deviation (ddof = 1), n, the standard error and the 95 % confidence interval of the mean from
-Student's t distribution (scipy.stats.t, n − 1 degrees of freedom). The end-of-run table,
+Student's t distribution (scipy.stats.t, n − 1 degrees of freedom), clipped to the metric's
+range (`RANGES`: with few seeds the t interval of an accuracy can pass 1). The end-of-run table,
 ``summary.{md,csv,parquet}`` and the report's tables all come from `summary_table`, and every
 number is written by `fmt_mean` / `fmt_ci`.
 """
@@ -26,6 +27,10 @@ SHOWN = ["val/accuracy", "test/accuracy"]  # the end-of-run table's metrics
 COUNTS = ["n", "failed", "diverged", "stopped"]
 MISSING = "-"  # a grid key that does not apply to a loss (e.g. loss.lam for softmax)
 STATS = ("mean", "std", "n", "se", "ci_low", "ci_high")
+RANGES = {"test/accuracy": (0.0, 1.0), "val/accuracy": (0.0, 1.0),  # what a metric can take
+          "feat/intra_class_std": (0.0, math.inf), "feat/mean_angle_deg": (0.0, 180.0),
+          "feat/min_interclass_angle_deg": (0.0, 180.0),
+          "loss/frac_target_logit_negative": (0.0, 1.0)}
 DIGITS = 4
 
 
@@ -80,9 +85,10 @@ def summarise(frame: pd.DataFrame, by: list[str], losses: list[str]) -> pd.DataF
             std = values.std(ddof=1) if n > 1 else math.nan
             se = std / math.sqrt(n) if n > 1 else math.nan
             half = stats.t.ppf(0.975, n - 1) * se if n > 1 else math.nan
+            low, high = RANGES.get(metric, (-math.inf, math.inf))
             line.update({f"{metric} mean": mean, f"{metric} std": std, f"{metric} n": n,
-                         f"{metric} se": se, f"{metric} ci_low": mean - half,
-                         f"{metric} ci_high": mean + half})
+                         f"{metric} se": se, f"{metric} ci_low": max(mean - half, low),
+                         f"{metric} ci_high": min(mean + half, high)})
         out.append(line)
     table = pd.DataFrame(out, columns=columns)
     rank = {loss: i for i, loss in enumerate(losses)}

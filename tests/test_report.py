@@ -179,7 +179,7 @@ def test_summary_table_numbers_by_hand(shared_grid):
     assert cell["test/accuracy se"] == pytest.approx(0.03)  # std / sqrt(2)
     half = 12.7062047362 * 0.03  # t(0.975, 1 dof) x se
     assert cell["test/accuracy ci_low"] == pytest.approx(0.94 - half)
-    assert cell["test/accuracy ci_high"] == pytest.approx(0.94 + half)
+    assert cell["test/accuracy ci_high"] == 1.0  # 0.94 + half, clipped to accuracy's range
     assert cell["test/accuracy n"] == 2 and cell["n"] == 2
     assert cell["val/accuracy mean"] == pytest.approx(0.93)
     assert cell["feat/intra_class_std mean"] == pytest.approx(2.1)  # (1.6 + 2.6) / 2
@@ -201,7 +201,7 @@ def test_summary_table_numbers_by_hand(shared_grid):
     shown = display_table(table, with_ci=True)
     text = shown.to_markdown(index=False)
     assert "0.9400 ± 0.0424" in text  # softmax d=16 dropout 0
-    assert f"[{0.94 - half:.4f}, {0.94 + half:.4f}]" in text
+    assert f"[{0.94 - half:.4f}, 1.0000]" in text
     line = row_of(shown, loss="softmax", model__feature_dim="16", model__dropout="0.5")
     assert line["test/accuracy"] == "0.9400"  # n = 1 shows the mean only
 
@@ -218,6 +218,16 @@ def test_summary_counts_only_finished_trials_and_the_right_phase():
     assert (softmax["n"], softmax["stopped"]) == (1, 1)
     assert softmax["test/accuracy mean"] == pytest.approx(0.5)
     assert row_of(table, loss="center")["n"] == 0
+
+
+def test_confidence_intervals_stay_in_the_metric_range():
+    """Two seeds at 0.99 and 0.93: the t interval (±0.38) is cut at accuracy 1 (and 0)."""
+    trials = [hand_trial("softmax", seed, acc, 16, "completed")
+              for seed, acc in enumerate([0.99, 0.93])]
+    row = row_of(summary_table(trials, "grid", [], ["softmax"]), loss="softmax")
+    assert row["test/accuracy ci_high"] == 1.0  # 0.96 + 0.381 unclipped
+    assert row["test/accuracy ci_low"] == pytest.approx(0.96 - 12.7062 * 0.03, abs=1e-4)
+    assert row["test/accuracy mean"] == pytest.approx(0.96)
 
 
 def test_partial_note_counts_finished_trials_of_the_record(tmp_path):
@@ -326,6 +336,18 @@ def test_accuracy_vs_feature_dim_splits_a_loss_by_the_other_grid_keys():
     series = errorbar_series(fig.axes[0])
     assert set(series) == {"dropout=0", "dropout=0.5"}
     assert series["dropout=0.5"][1] == pytest.approx([1.02, 1.04, 1.08])
+
+
+def test_losses_side_by_side_one_bar_each_with_n():
+    records = [hand_trial(loss, s, base + 0.02 * s, 16)
+               for loss, base in (("softmax", 0.90), ("pod", 0.95)) for s in (0, 1, 2)]
+    table = summary_table(records, "grid", [], ["softmax", "pod"])
+    fig = plots.plot_losses(table)
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [p.get_height() for p in bars.patches] == pytest.approx([0.92, 0.97])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["softmax\nn=3", "pod\nn=3"]
+    assert ax.get_ylim()[0] > 0.8  # the axis spans the data: a difference of points shows
 
 
 def test_dropout_bars_with_augment_panels_on_an_axis_that_shows_differences():

@@ -172,7 +172,8 @@ def build_report(tracking_uri: str, study: str, out_dir: str,
 
 
 REPORT_FILES = ("summary.", "trials.csv", "report.md", "accuracy_vs_feature_dim", "dropout.png",
-                "bars_", "heatmap_", "search_history_", "importance_", "features_2d")
+                "bars_", "heatmap_", "search_history_", "importance_", "features_2d",
+                "accuracy_by_loss")
 
 
 def _is_report_file(name: str) -> bool:
@@ -237,6 +238,10 @@ def _write_plots(folder: Path, client, parent: dict, record: StudyRecord, spec, 
                         and part[f"{plots.ACCURACY} n"].gt(0).any()):
                     save(plots.plot_heatmap(table, loss, keys[0], keys[1], note),
                          f"heatmap_{loss}.png")
+    one_row_per_loss = len(table) and not table["loss"].duplicated().any() and (
+        spec.mode == "search" or not keys)
+    if one_row_per_loss and (table[f"{plots.ACCURACY} n"] > 0).sum() > 1:  # side by side
+        save(plots.plot_losses(table, note), "accuracy_by_loss.png")
     if spec.mode == "search":
         _search_plots(client, parent, spec, note, scratch, save)
     _feature_plots(client, record, spec, note, scratch, save)

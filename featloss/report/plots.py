@@ -122,8 +122,9 @@ def plot_accuracy_vs_feature_dim(table, k: int | None, series_keys: list[str] | 
             ax.set_ylim(bottom - pad, min(1.0, top) + pad)
         ax.set_title(f"near k−1 = {k - 1} (zoomed)", fontsize="medium")
         if off:  # left out, named: their means near k−1 are far below the best
-            ax.text(0.02, 0.02, f"off scale (> {OFF_SCALE:g} below the best): {', '.join(off)}",
-                    transform=ax.transAxes, fontsize="x-small", va="bottom")
+            # beside the panel, under its legend: inside it would cover data points
+            ax.text(1.02, 0.0, f"off scale (> {OFF_SCALE:g}\nbelow the best):\n" +
+                    "\n".join(off), transform=ax.transAxes, fontsize="x-small", va="bottom")
         ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     for ax in axes[panels:]:
         ax.set_visible(False)
@@ -203,6 +204,28 @@ def plot_bars(table, key: str, panel_key: str | None = None, grid_keys: list[str
     axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
     axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(_title(f"test accuracy by {short} (y axis not from 0)", note))
+    fig.tight_layout()
+    return fig
+
+
+def plot_losses(table, note: str = ""):
+    """One bar per loss (its one summary row: a grid without keys, or a search's final phase
+    with the selected config), mean ± std over seeds, n under each loss; y spans the data."""
+    import numpy as np
+
+    part = _done(table)
+    means = part[f"{ACCURACY} mean"].to_numpy(dtype=float)
+    errors = np.array(_std(part[f"{ACCURACY} std"]))
+    fig, (ax,) = _figure(max(4.5, 0.7 * len(part) + 2), 3.8)
+    ax.bar(np.arange(len(part)), means, 0.6, yerr=errors, capsize=3, color="C0")
+    ax.set_xticks(np.arange(len(part)), [f"{r['loss']}\nn={int(r['n'])}"
+                                         for _, r in part.iterrows()])
+    low, high = float(np.min(means - errors)), float(np.max(means + errors))
+    pad = max(0.005, 0.15 * (high - low))
+    ax.set_ylim(low - pad, min(1.0, high) + pad)
+    ax.set_xlabel("loss")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title(_title("test accuracy by loss (y axis not from 0)", note))
     fig.tight_layout()
     return fig
 
