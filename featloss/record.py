@@ -7,17 +7,20 @@ last metrics. `featloss run` creates it, the driver updates it as trials report,
 resume, the progress line, the report and the summary all read it. Tune's experiments and the
 MLflow runs are written *from* it; neither is consulted to rebuild it.
 
-It lives in ``<results>/featloss_state.json``, rewritten atomically (write, then rename) at most
-every `FLUSH_SECONDS` while trials run and at once at every phase boundary and when the study
-stops. A trial's per-epoch checkpoint stays the source of truth for its training state: a trial
-the record does not show finished is served again on resume and continues from its checkpoint
-(a finished one re-reports its last epoch without training), so the record catches up with
-anything a crash kept from it.
+It lives in ``<results>/featloss_state.json``, rewritten atomically (write, then rename): at once
+when a trial gets its MLflow run or finishes (completed, diverged, failed, stopped), at every
+phase boundary and when the study stops; epoch progress at most every `FLUSH_SECONDS`. So a
+crash loses at most some epochs' progress, never an ending or a run id: a trial the record does
+not show finished is served again on resume and continues from its per-epoch checkpoint (the
+source of truth for its training state; a finished one re-reports its last epoch without
+training), into the same MLflow run (`featloss.engine.children`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import stat
 import time
 from typing import Any, Iterable, Literal
 
@@ -28,6 +31,7 @@ from featloss.errors import ConfigError
 
 STATE_FILE = "featloss_state.json"
 FLUSH_SECONDS = 2.0
+MAX_STATE_BYTES = 512 * 1024**2  # far above any real record (about 2 kB per trial)
 FINISHED = ("completed", "diverged", "failed", "stopped")
 TrialStatus = Literal["pending", "running", "completed", "diverged", "failed", "stopped"]
 StudyStatus = Literal["running", "finished", "failed", "interrupted"]
@@ -53,10 +57,17 @@ class TrialRecord(BaseModel):
     node: str | None = None  # Ray node id of the last worker
     started: float | None = None  # unix seconds, first start
     finished: float | None = None  # unix seconds
+    new_run: bool = False  # restarts from epoch 0: its next run supersedes any earlier one
 
     @property
     def done(self) -> bool:
         return self.status in FINISHED
+
+    def restart(self) -> None:
+        """Start over from epoch 0 (its checkpoint is lost), in a new MLflow run that
+        supersedes the old one (`featloss.engine.children`)."""
+        self.run_id, self.logged_epoch, self.last_epoch = None, 0, 0
+        self.metrics, self.started, self.new_run = {}, None, True
 
     def value(self, metric: str) -> float | None:
         value = self.metrics.get(metric)
@@ -105,15 +116,14 @@ class StudyRecord(BaseModel):
     @classmethod
     def load(cls, results_dir: str) -> StudyRecord:
         """Read ``<results_dir>/featloss_state.json``. Raises ConfigError when it is missing,
-        empty, truncated or not a featloss record."""
+        not a regular file, over `MAX_STATE_BYTES`, unreadable, empty, truncated or not a
+        featloss record."""
         uri = storage.join(results_dir, STATE_FILE)
-        if not storage.exists(uri):
-            raise ConfigError(f"{results_dir} is not a featloss results folder (no {STATE_FILE})")
+        data = _read_state(uri, results_dir)
         try:
-            text = storage.read_bytes(uri).decode("utf-8")
-            record = cls.model_validate_json(text)
+            record = cls.model_validate_json(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, ValidationError) as exc:
-            detail = "empty" if not storage.read_bytes(uri).strip() else _first_error(exc)
+            detail = "empty" if not data.strip() else _first_error(exc)
             raise ConfigError(f"{uri} is corrupt ({detail}); the study cannot be resumed from "
                               f"it (its MLflow runs are intact; start it again with featloss "
                               f"run)") from None
@@ -125,7 +135,8 @@ class StudyRecord(BaseModel):
 
     def save(self, force: bool = True) -> None:
         """Write the record atomically; with force=False only when dirty and FLUSH_SECONDS
-        have passed since the last write."""
+        have passed since the last write (for epoch progress; a trial's run id and its end
+        are written with force=True). Raises OSError when the storage refuses."""
         now = time.monotonic()
         if not force and (not self._dirty or now - self._flushed < FLUSH_SECONDS):
             return
@@ -177,6 +188,53 @@ class StudyRecord(BaseModel):
         self.touch()
 
 
+def _read_state(uri: str, results_dir: str) -> bytes:
+    """The record's bytes, read once, after checking it is a regular file of a sane size (a
+    directory, a FIFO or a link to /dev/zero must be one error line, not a traceback, a hang or
+    all the memory). Raises ConfigError."""
+    fix = "it must be the file featloss wrote; restore it, or resume another results folder"
+    if storage.is_remote(uri):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise ConfigError(f"{results_dir} is not a featloss results folder (no {STATE_FILE})")
+        kind, size = ("a file" if info.type == pafs.FileType.File else "not a file"), info.size
+    else:
+        try:
+            mode = os.stat(uri)  # follows links: what a read would get
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConfigError(f"{results_dir} is not a featloss results folder (no "
+                              f"{STATE_FILE})") from None
+        except OSError as exc:
+            raise ConfigError(f"{uri} cannot be read ({exc.strerror or exc})") from None
+        kind, size = _file_kind(mode.st_mode), mode.st_size
+    if kind != "a file":
+        raise ConfigError(f"{uri} is {kind}, not a regular file; {fix}")
+    if size is not None and size > MAX_STATE_BYTES:
+        raise ConfigError(f"{uri} is {size / 1024**2:.0f} MiB, over the "
+                          f"{MAX_STATE_BYTES // 1024**2} MiB a featloss record can be; {fix}")
+    try:
+        if storage.is_remote(uri):
+            return storage.read_bytes(uri)
+        with open(uri, "rb") as fh:  # plain Python: a local record needs no pyarrow
+            data = fh.read(MAX_STATE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{uri} cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_STATE_BYTES:  # it grew since the check
+        raise ConfigError(f"{uri} is over the {MAX_STATE_BYTES // 1024**2} MiB a featloss record "
+                          f"can be; {fix}")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for check, name in kinds if check(mode)), "not a file")
+
+
 def _first_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         error = exc.errors()[0]
@@ -196,8 +254,6 @@ def find_results_dir(storage_uri: str, study_name: str) -> str:
     for name in sorted((n for n in storage.list_dirs(storage_uri) if n.startswith(prefix)),
                        reverse=True):
         folder = storage.join(storage_uri, name)
-        if not storage.exists(storage.join(folder, STATE_FILE)):
-            continue
         try:
             record = StudyRecord.load(folder)
         except ConfigError:

@@ -6,7 +6,9 @@ relays, `FeedSearcher` (a Tune `Searcher` asking the phase's feed for the next t
 only a token and find the live driver in `_LIVE` (the MLflow client and the record must not
 travel that way).
 
-Order of writes for every event: the record first (the study's state), then MLflow from it.
+Order of writes for every event: the record first (the study's state), then MLflow from it. A
+trial's run id and its end are written to the record at once, before MLflow hears of the end;
+epoch progress is throttled (`StudyRecord.save`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from featloss import storage
+from featloss.engine.children import close_run, supersede
 from featloss.engine.progress import Progress
-from featloss.engine.trainable import REPLAYED, features_uri, from_tune, trial_params
+from featloss.engine.trainable import REPLAYED, from_tune, trial_params
 from featloss.plan import StudyPlan
 from featloss.record import StudyRecord, TrialRecord
 from featloss.tracking import TrialRuns
@@ -76,13 +79,16 @@ class PhaseDriver:
         trial = self.record.trials[key]
         trial.status = "running"
         trial.started = trial.started or time.time()
+        self.record.touch()
         if trial.run_id is None:
             trial.run_id = self.runs.start(key, self._tags(trial), self._params(trial))
+            self.record.save()  # at once: a resume must find this run, not open another
         else:
             self.runs.reopen(trial.run_id)
-        # Written within FLUSH_SECONDS, not at once: a run created just before a crash is not
-        # in the record, and the resume deletes it as a stray (one run per trial either way).
-        self.record.touch()
+        if trial.new_run:  # restarted from epoch 0: its earlier runs give way to this one
+            supersede(self.runs, trial)
+            trial.new_run = False
+            self.record.save()
         self.record.save(force=False)
         self._show()
 
@@ -137,13 +143,11 @@ class PhaseDriver:
             self.started(trial.key)
         trial.status, trial.error, trial.finished = status, error, time.time()
         self.record.touch()
-        # Throttled too: a trial whose end is lost in a crash is served again on resume and
-        # re-reports from its finished checkpoint without training (the record catches up).
-        self.record.save(force=False)
-        if status == "completed":
-            checkpoint = storage.join(self.context.results_dir, "checkpoints", f"{trial.key}.pt")
-            self.runs.log_features(trial.run_id, storage.load_trial_state(features_uri(checkpoint)))
-        self.runs.finish(trial.run_id, status, error)
+        # At once, before MLflow: a run closed as finished always has its end in the record
+        # (a resume never trains it again nor leaves it waiting), and an ASHA-stopped trial,
+        # whose checkpoint says "running", is not continued after a crash.
+        self.record.save()
+        close_run(self.runs, trial, self.context.results_dir)
         self.feed.finished(trial)
         if status == "failed":
             self.progress.say(f"featloss: trial {trial.key} failed: {error}")

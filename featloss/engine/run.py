@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from featloss import storage
 from featloss.engine import ray_setup
+from featloss.engine.children import reconcile
 from featloss.engine.driver import DriverCallback, FeedSearcher, PhaseContext, PhaseDriver
 from featloss.engine.feeds import OptunaFeed, SpecFeed, journal_path
 from featloss.engine.progress import Progress
@@ -62,15 +63,19 @@ def run_study(plan: StudyPlan, record: StudyRecord, options: RunOptions,
               progress: Progress | None = None) -> StudyOutcome:
     """Run (or resume) the study whose state `record` holds.
 
+    Every trial ends with one child run (`featloss.engine.children`). The parent run ends
+    FINISHED, or FAILED when every trial failed (an outcome, not an exception).
+
     Raises StudyInterrupted on Ctrl+C / SIGTERM or when MLflow stays unreachable (the record
-    and the parent run are then marked interrupted), ConfigError for a cluster that cannot be
-    joined; any other failure marks the record and the parent run failed and propagates.
+    and the parent run are then marked interrupted, and so are the runs of unfinished trials
+    when MLflow answers), ConfigError for a cluster that cannot be joined; any other failure
+    marks the record and the parent run failed and propagates.
     """
     progress = progress or Progress()
     study = plan.study
     client = TrackingClient(record.tracking_uri)
     owns_ray = False
-    parent = None
+    parent = trials = None
     previous = signal.getsignal(signal.SIGTERM)
     try:
         progress.status("starting Ray…")
@@ -91,7 +96,7 @@ def run_study(plan: StudyPlan, record: StudyRecord, options: RunOptions,
         record.status = "running"
         record.save()
         trials = TrialRuns(client, experiment_id, study.name, record.parent_run_id)
-        _drop_strays(trials, record)
+        reconcile(trials, record, stopping=False)
         progress.say(f"results: {record.results_dir}\nMLflow: {client.uri} (experiment "
                      f"'{study.name}', parent run {record.parent_run_id})")
         slots = ray_setup.cluster_slots(study.resources.model_dump())
@@ -118,26 +123,20 @@ def run_study(plan: StudyPlan, record: StudyRecord, options: RunOptions,
             record.phases_done.append(phase)
             record.save()
         _results_to_parent(plan, record, parent)
-        record.finish("finished")
-        record.save()
-        parent.log_text(record.model_dump_json(indent=1), "featloss_state.json")
-        parent.finish("FINISHED")
-        failed: dict[str, int] = {}
-        for trial in record.trials.values():
-            if trial.status == "failed":
-                failed[trial.error or "failed"] = failed.get(trial.error or "failed", 0) + 1
+        reconcile(trials, record, stopping=True)
+        failed = _end(record, parent)
         return StudyOutcome(record.results_dir, record.parent_run_id, experiment_id, journal,
                             failed)
     except (KeyboardInterrupt, StudyInterrupted) as exc:
         reason = exc.reason if isinstance(exc, StudyInterrupted) else None
-        _close(record, parent, "interrupted", "KILLED", reason)
+        _close(record, parent, trials, "interrupted", "KILLED", reason)
         raise StudyInterrupted(record.results_dir, reason) from None
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised
         unavailable = _cause(exc, TrackingUnavailable)
         if unavailable is not None:
-            _close(record, parent, "interrupted", None, str(unavailable))
+            _close(record, parent, trials, "interrupted", None, str(unavailable))
             raise StudyInterrupted(record.results_dir, str(unavailable)) from None
-        _close(record, parent, "failed", "FAILED", f"{type(exc).__name__}: {exc}")
+        _close(record, parent, trials, "failed", "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -244,19 +243,38 @@ def _results_to_parent(plan: StudyPlan, record: StudyRecord, parent: ParentRun) 
     parent.log_metrics(results_metrics(table, list(plan.study.grid)))
 
 
-def _drop_strays(trials: TrialRuns, record: StudyRecord) -> None:
-    """Child runs of this parent that the record does not know (a crash between creating a
-    run and recording it) are deleted, so every trial has exactly one run."""
-    if not any(t.run_id for t in record.trials.values()):
-        return
-    keep = {t.run_id for t in record.trials.values() if t.run_id}
-    for run_id in trials.strays(keep):
-        trials.delete_run(run_id)
+def _end(record: StudyRecord, parent: ParentRun) -> dict[str, int]:
+    """Close the record and the parent run of a study whose phases all ran; the failed trials
+    per error line. The parent run is FAILED when every trial failed (its `error` tag and the
+    first line of its description say so), else FINISHED: some failures among finished trials
+    are results, tagged on their own runs."""
+    failed: dict[str, int] = {}
+    for trial in record.trials.values():
+        if trial.status == "failed":
+            failed[trial.error or "failed"] = failed.get(trial.error or "failed", 0) + 1
+    count = sum(failed.values())
+    all_failed = None
+    if count and count == len(record.trials):
+        all_failed = f"all {count} trials failed" if count > 1 else "its only trial failed"
+    record.finish("finished", all_failed)  # finished all the same: nothing is left to resume
+    record.save()
+    parent.log_text(record.model_dump_json(indent=1), "featloss_state.json")
+    if all_failed:
+        top = max(failed, key=failed.get)
+        parent.set_tags({"featloss.status": "failed", "error": f"{all_failed}: {top}"[:500]})
+        parent.add_note(f"**{all_failed[0].upper()}{all_failed[1:]}.** Most often: {top[:300]} "
+                        f"(each child run has its `error` tag)")
+        parent.finish("FAILED")
+    else:
+        parent.set_tags({"featloss.status": "finished"})
+        parent.finish("FINISHED")
+    return failed
 
 
-def _close(record: StudyRecord, parent: ParentRun | None, status: str, mlflow_status: str | None,
-           error: str | None) -> None:
-    """Mark the record (always) and the parent run (when MLflow answers) as stopped."""
+def _close(record: StudyRecord, parent: ParentRun | None, trials: TrialRuns | None,
+           status: str, mlflow_status: str | None, error: str | None) -> None:
+    """Mark the record (always), then the child runs and the parent run (when MLflow answers:
+    `mlflow_status` is None when it is the reason we stop) as stopped."""
     for trial in record.trials.values():
         if trial.status == "running":
             trial.status = "pending"
@@ -266,10 +284,12 @@ def _close(record: StudyRecord, parent: ParentRun | None, status: str, mlflow_st
     except OSError:
         pass
     if parent is not None and parent.run_id and mlflow_status:
-        try:
+        try:  # the parent first: it says what happened should a second Ctrl+C come
             parent.set_tags({"featloss.status": status, **({"error": error[:500]} if error
                                                            else {})})
             parent.finish(mlflow_status)
+            if trials is not None:  # the runs of unfinished trials: KILLED, until a resume
+                reconcile(trials, record, stopping=True)
         except Exception:  # noqa: BLE001 - MLflow may be the reason we stop
             pass
 

@@ -11,6 +11,12 @@ All writes go through `TrackingClient.call` with explicit run ids (no global act
 Epoch metrics carry the time the epoch finished in the trial, so logging an epoch a second time
 (a replay after a resume) writes the same (key, step, timestamp, value) rows, which MLflow's
 store keeps once.
+
+A trial has one run (its ``featloss.trial_key`` tag under the parent). A second run of a trial
+(a run the record never learnt of, a restart from epoch 0) is *retired*: closed as KILLED, tagged
+``status: superseded`` and ``featloss.superseded_by`` (the run that holds the trial now), then
+soft-deleted: MLflow has no API to delete a run's metric history, and a deleted run stays
+restorable (the UI's deleted runs, ``mlflow runs restore``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import math
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,7 @@ TRIAL_KEY_TAG = "featloss.trial_key"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 ROLE_TAG = "featloss.role"  # parent | trial
+SUPERSEDED_TAG = "featloss.superseded_by"  # on a retired run: the run holding its trial now
 NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows
 KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # MLflow 3: open in the model-training view
@@ -95,6 +103,17 @@ class ParentRun:
         self.run_id = run_id
         self.client.call(lambda: self.mlflow.update_run(run_id, status="RUNNING"),
                          "reopening the parent run")
+        self.set_tags({"featloss.status": "running"})
+
+    def add_note(self, line: str) -> None:
+        """Put `line` first in the run's description (the MLflow UI's Description field)."""
+        run = self.client.call(lambda: self.mlflow.get_run(self.run_id), "reading the parent run")
+        from mlflow.entities import RunTag
+
+        note = run.data.tags.get(NOTE_TAG, "")
+        text = (f"{line}\n\n{note}" if note else line)[:8000]  # MLflow's limit for a tag
+        self.client.call(lambda: self.mlflow.log_batch(self.run_id, tags=[RunTag(NOTE_TAG, text)]),
+                         "describing the parent run")
 
     def finish(self, status: str) -> None:
         """status: FINISHED | FAILED | KILLED."""
@@ -156,8 +175,17 @@ class TrialRuns:
         return run_id
 
     def reopen(self, run_id: str) -> None:
+        """The trial runs again (a resume, a retry): its run is RUNNING, tagged so."""
+        self.set_tags(run_id, {"status": "running"})
         self.client.call(lambda: self.mlflow.update_run(run_id, status="RUNNING"),
                          "reopening a trial run")
+
+    def interrupt(self, run_id: str) -> None:
+        """The study stopped while the trial ran: KILLED, ``status: interrupted`` (a resume
+        reopens it)."""
+        self.set_tags(run_id, {"status": "interrupted"})
+        self.client.call(lambda: self.mlflow.set_terminated(run_id, status="KILLED"),
+                         "closing an interrupted trial run")
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int,
                   tags: dict[str, str] | None = None) -> None:
@@ -210,21 +238,42 @@ class TrialRuns:
             self.client.call(lambda: self.mlflow.log_artifact(run_id, str(path)),
                              "logging features")
 
-    def strays(self, keep: set[str]) -> list[str]:
-        """Run ids of this parent's child runs not in `keep` (a crash between creating a run
-        and recording it leaves one behind)."""
+    def children(self, key: str | None = None) -> list["ChildRun"]:
+        """This parent's child runs not deleted (of trial `key` only, when given)."""
         from mlflow.entities import ViewType
 
         query = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        if key is not None:  # trial keys are safe names: no quote can reach the filter
+            query += f" and tags.`{TRIAL_KEY_TAG}` = '{key}'"
         found, token = [], None
         while True:
             page = self.client.call(lambda t=token: self.mlflow.search_runs(
                 [self.experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY,
                 max_results=1000, page_token=t), "listing trial runs")
-            found += [r.info.run_id for r in page if r.info.run_id not in keep]
+            found += [ChildRun(r.info.run_id, r.data.tags.get(TRIAL_KEY_TAG, ""), r.info.status,
+                               int(r.data.metrics.get("epoch", 0) or 0), r.info.start_time or 0)
+                      for r in page]
             token = page.token
             if not token:
                 return found
 
-    def delete_run(self, run_id: str) -> None:
-        self.client.call(lambda: self.mlflow.delete_run(run_id), "deleting a stray run")
+    def retire(self, run_id: str, successor: str | None, why: str) -> None:
+        """Close a second run of a trial as KILLED, say why and which run holds the trial
+        (`successor`, None when its trial is not in the record), then soft-delete it."""
+        tags = {"status": "superseded", NOTE_TAG: why[:8000],
+                **({SUPERSEDED_TAG: successor} if successor else {})}
+        self.set_tags(run_id, tags)
+        self.client.call(lambda: self.mlflow.set_terminated(run_id, status="KILLED"),
+                         "closing a superseded run")
+        self.client.call(lambda: self.mlflow.delete_run(run_id), "deleting a superseded run")
+
+
+@dataclass
+class ChildRun:
+    """What the reconciliation of runs with the record needs of one child run."""
+
+    run_id: str
+    key: str  # the trial key tag
+    status: str  # MLflow's: RUNNING | FINISHED | FAILED | KILLED | SCHEDULED
+    epoch: int  # the last epoch logged (the latest value of the `epoch` metric)
+    start_time: int
