@@ -18,10 +18,13 @@ from featloss.preflight import (
     check_devices,
     check_environment,
     check_plan_data,
+    check_storage,
     plan_warnings,
     storage_uri,
     tracking_uri,
 )
+from featloss.study import RUNTIME_KEYS as RESUME_KEYS  # what resume --set may change
+
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130
 EXIT_TRACKING_DOWN = 75  # EX_TEMPFAIL: try again later
@@ -46,7 +49,11 @@ def add_parsers(sub) -> None:
     resume.add_argument("--accept-changes", action="store_true",
                         help="the study file changed since the study started: go on with the "
                              "recorded plan anyway")
-    _add_set(resume)
+    resume.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"change how the recorded study runs: only {', '.join(RESUME_KEYS)}"
+                             f" (e.g. --set resources.cpu=2 --set max_concurrent=4); recorded, "
+                             f"so a later resume keeps it. Anything else would change the "
+                             f"plan: that is a new study (featloss run STUDY --set KEY=VALUE)")
     _add_run_options(resume)
 
     from featloss import report
@@ -61,8 +68,12 @@ def add_parsers(sub) -> None:
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a study key, e.g. --set train.epochs=5 --set seeds=[0,1] "
-                             "(recorded, so a resume uses it too)")
+                        help="override a study key with a YAML value, applied after _base_: "
+                             "--set train.epochs=5 --set seeds=[0,1] --set losses=[softmax,pod]. "
+                             "Grid and search-space keys contain dots and are written as they "
+                             "are: --set grid.model.feature_dim=[8,16] --set "
+                             "'search.space.pod.loss.lam={type: float, low: 0, high: 1}'. "
+                             "Recorded with the study, so a resume runs the same plan")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -139,10 +150,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_options(args, address)
     if address is None:  # the trials run here: their data must be here and usable
         check_plan_data(plan, strict=True)
+    storage = storage_uri(args.storage)
+    check_storage(storage, args.storage)  # before the store: a refused run leaves no mlflow.db
     uri = tracking_uri(args.tracking_uri)
     check_store(uri)
-    record = StudyRecord.new(plan, uri, storage_uri(args.storage), str(Path(args.study).resolve()),
-                             overrides)
+    record = StudyRecord.new(plan, uri, storage, str(Path(args.study).resolve()), overrides)
     _create(record)
     print("\n".join(plan.summary_lines()), flush=True)
     for line in plan_warnings(plan):
@@ -208,7 +220,7 @@ def _finished(plan, record, outcome) -> int:
         print(f"report:  {report_dir}/report.md (also on the parent run)")
     print(f"MLflow:  {ui_hint(record.tracking_uri, outcome.experiment_id, outcome.parent_run_id)}")
     if outcome.optuna_journal:
-        print(f"Optuna:  optuna-dashboard {outcome.optuna_journal}")
+        print(f"Optuna:  {optuna_hint(outcome.optuna_journal)}")
     if outcome.failed:
         for error, count in sorted(outcome.failed.items(), key=lambda kv: -kv[1]):
             print(f"featloss: {count} trial{'s' if count > 1 else ''} failed: {error}",
@@ -234,6 +246,18 @@ def _report(record, outcome) -> str | None:
     return folder
 
 
+def optuna_hint(journal: str) -> str:
+    """The optuna-dashboard command for the study's journal; where the dashboard is not
+    installed (it is the `dashboard` extra), how to get it first."""
+    import importlib.util
+    import shlex
+
+    command = f"optuna-dashboard {shlex.quote(str(journal))}"
+    if importlib.util.find_spec("optuna_dashboard") is not None:
+        return command
+    return f"pip install 'featloss[dashboard]', then {command}"
+
+
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
     """The direct MLflow UI address of a run (and how to start the UI for a SQLite store)."""
     # MLflow 3.17's UI picks its GenAI or model-training view from this parameter
@@ -246,16 +270,17 @@ def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
 # -- resume ----------------------------------------------------------------------------------------
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from featloss.config import parse_overrides
+    from featloss.config import parse_overrides, set_path
     from featloss.plan import expand
     from featloss.record import StudyRecord, find_results_dir
-    from featloss.study import RUNTIME_KEYS, load_study, parse_study
+    from featloss.study import DOTTED_KEY_PARENTS, RUNTIME_KEYS, load_study, parse_study
     from featloss.tracking import check_store
     from featloss.yamlio import load_yaml
 
     check_environment()
     target = args.target
     new_overrides = parse_overrides(args.set)
+    _check_resume_overrides(args.set)
     if target.endswith((".yaml", ".yml")) and Path(target).is_file():
         name = load_study(target, new_overrides).name
         results_dir = find_results_dir(storage_uri(args.storage), name)
@@ -270,7 +295,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"{results_dir}: the study already finished; nothing to resume")
         return 0
     recorded = load_yaml(record.study_yaml)
-    current = _current_study(source or record.source, {**record.overrides, **new_overrides})
+    overrides = {**record.overrides, **new_overrides}
+    current = _current_study(source or record.source, overrides)
     if current is not None:
         _check_changes(recorded, current, source or record.source, args.accept_changes)
         for key in RUNTIME_KEYS:  # where and how fast it runs may change; what it computes not
@@ -278,7 +304,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 recorded[key] = current[key]
             else:
                 recorded.pop(key, None)
+    else:  # the study file is gone: the runtime overrides of every invocation still apply
+        for key, value in overrides.items():
+            if key.split(".")[0] in RUNTIME_KEYS:
+                set_path(recorded, key, value, f"--set {key}", DOTTED_KEY_PARENTS)
     study = parse_study(recorded, source=record.source)
+    record.overrides = overrides  # saved with the record when the resumed study starts
     plan = expand(study, smoke=record.smoke)
     address = _address(args)
     check_devices(plan, local=address is None, strict=True)
@@ -291,6 +322,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     _check_checkpoints(record)
     print(f"resuming {results_dir}", flush=True)
     return _execute(plan, record, address, args)
+
+
+def _check_resume_overrides(items: list[str]) -> None:
+    """resume --set may change only how the recorded study runs (RESUME_KEYS); ConfigError."""
+    for item in items:
+        key = item.partition("=")[0].strip()
+        if key.split(".")[0] not in RESUME_KEYS:
+            raise ConfigError(f"--set {item}: a resume continues the recorded plan, so --set may "
+                              f"change only {', '.join(RESUME_KEYS)}; a different plan is a new "
+                              f"study: featloss run STUDY.yaml --set {item}")
 
 
 def _current_study(path: str, overrides: dict) -> dict | None:
@@ -329,8 +370,9 @@ def _check_checkpoints(record) -> None:
             print(f"featloss: note: checkpoint {uri} is unreadable ({problem}); trial "
                   f"{trial.key} had finished: its results stand, its saved weights are lost",
                   file=sys.stderr)
-        else:  # a fresh start gets a fresh MLflow run: the old one is dropped as a stray
+        else:  # MLflow cannot delete a run's epochs: the restart gets a run of its own
             print(f"featloss: warning: checkpoint {uri} is unreadable ({problem}); trial "
-                  f"{trial.key} restarts from epoch 0", file=sys.stderr)
-            trial.run_id, trial.logged_epoch, trial.last_epoch = None, 0, 0
-            trial.metrics, trial.started = {}, None
+                  f"{trial.key} restarts from epoch 0 in a new MLflow run (its old run is "
+                  f"closed as KILLED and moved to MLflow's deleted runs, restorable)",
+                  file=sys.stderr)
+            trial.restart()

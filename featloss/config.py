@@ -21,6 +21,7 @@ from featloss.errors import ConfigError, quote
 from featloss.yamlio import load_yaml, read_yaml_file
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
 
 
 class Section(BaseModel):
@@ -36,8 +37,8 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     dataset: str = Field("mnist5k", description="dataset key (`featloss datasets`)")
-    root: str | None = Field(None, description="folder of a staged real dataset (default "
-                             "$FEATLOSS_DATA or ~/.cache/featloss/data)")
+    root: str | None = Field(None, max_length=MAX_PATH_CHARS, description="folder of a staged "
+                             "real dataset (default $FEATLOSS_DATA or ~/.cache/featloss/data)")
     classes: int | None = Field(None, ge=2, le=1_000_000,
                                 description="keep only the first k classes (W-Softmax Table 5)")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="validation split carved from "
@@ -88,7 +89,10 @@ class TrainConfig(Section):
     schedule: Literal["cosine", "step", "constant"] = Field("cosine",
                                                            description="learning-rate schedule")
     lr_milestones: list[float] = Field([0.5, 0.75], description="step schedule: fractions of "
-                                       "the epochs at which the lr is multiplied by lr_gamma")
+                                       "the epochs at which the lr is multiplied by lr_gamma",
+                                       json_schema_extra={"items": {
+                                           "type": "number", "exclusiveMinimum": 0,
+                                           "exclusiveMaximum": 1}})
     lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: factor per milestone")
     loss_lr: float | None = Field(None, ge=0, le=1e6, description="lr of the loss's own tensors "
                                   "(weight, centers, w_k); null: the same as lr")
@@ -96,7 +100,8 @@ class TrainConfig(Section):
                                             description="null: the same as weight_decay")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the "
                                                "backbone on CUDA (the loss stays fp32)")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N",
+                        json_schema_extra={"pattern": "^(auto|cpu|cuda|cuda:[0-9]+)$"})
     eval_batch_size: int = Field(1024, ge=1, le=1_000_000, description="evaluation batch size")
     eval_test: bool = Field(True, description="evaluate the test split in the last epoch "
                             "(search trials turn this off: selection never sees the test set)")
@@ -169,15 +174,17 @@ def parse_model(model: type[BaseModel], raw: Any, where: str) -> Any:
 
 def error_line(model: type[BaseModel], exc: ValidationError) -> str:
     """The first error of `exc` in featloss's words: key path, value, rule."""
-    error = _most_specific(exc.errors())
-    raw_loc = [p for p in error["loc"] if not _is_branch(p)]
+    branches = _model_names(model)
+    error = _most_specific(exc.errors(), branches)
+    raw_loc = [p for p in error["loc"] if not _is_branch(p, branches)]
     loc = [str(p) for p in raw_loc]
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in raw_loc).lstrip(".") \
         or "config"
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "extra_forbidden":
         known = _known_keys(model, loc[:-1])
-        return f"unknown key '{key}'" + (f" (known keys: {', '.join(known)})" if known else "")
+        return f"unknown key '{key}'" + (f" ({_did_you_mean(loc[-1], known)}known keys: "
+                                         f"{', '.join(known)})" if known else "")
     if kind == "missing":
         return f"missing key '{key}'"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
@@ -212,19 +219,48 @@ def error_line(model: type[BaseModel], exc: ValidationError) -> str:
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "any"}
 
 
-def _is_branch(part: Any) -> bool:
-    """A union branch or validator tag in a pydantic error location, not a key."""
+def _is_branch(part: Any, models: frozenset[str] = frozenset()) -> bool:
+    """A union branch or validator tag in a pydantic error location, not a key: a type tag
+    (``list[any]``, ``function-after[...]``, ``str``) or the name of one of the models
+    (`models`). A key the user wrote in capitals (``TRAIN``) stays a key."""
     text = str(part)
     return isinstance(part, str) and (
-        text.startswith("function-") or "[" in text or text in _TYPE_TAGS
-        or (text[:1].isupper() and text.isidentifier()))
+        text.startswith("function-") or "[" in text or text in _TYPE_TAGS or text in models)
 
 
-def _most_specific(errors: list[dict]) -> dict:
+def _model_names(model: type[BaseModel]) -> frozenset[str]:
+    """Class names of `model` and every model its fields hold (pydantic's union tags)."""
+    import typing
+
+    names: set[str] = set()
+    todo: list[Any] = [model]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if node.__name__ in names:
+                continue
+            names.add(node.__name__)
+            todo += [f.annotation for f in node.model_fields.values()]
+        else:
+            todo += list(typing.get_args(node))
+    return frozenset(names)
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    """'did you mean 'train'? ' for a key written in other case or misspelt, else ''."""
+    import difflib
+
+    names = [k.rsplit(".", 1)[-1] for k in known]
+    same = [k for k, n in zip(known, names) if n.lower() == key.lower()]
+    close = same or [known[names.index(n)] for n in difflib.get_close_matches(key, names, 1)]
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _most_specific(errors: list[dict], models: frozenset[str] = frozenset()) -> dict:
     """Of a union's errors, the one that got furthest into the value (a wrong value inside the
     matching branch says more than 'not a list' from the other branch)."""
     def depth(error: dict) -> tuple[int, int]:
-        keys = [p for p in error["loc"] if not _is_branch(p)]
+        keys = [p for p in error["loc"] if not _is_branch(p, models)]
         return (not error["type"].endswith("_type"), len(keys))
 
     return max(errors, key=depth) if len({tuple(e["loc"][:1]) for e in errors}) == 1 \
@@ -253,7 +289,7 @@ def _walk(model: type[BaseModel], loc: list[str]):
         if skip:  # a dict key or list index between models
             skip = False
             continue
-        fields = getattr(node, "model_fields", None)
+        fields = _fields_by_key(node)
         if fields is None or part not in fields:
             return None, None
         info = fields[part]
@@ -267,10 +303,19 @@ def _field(model: type[BaseModel], loc: list[str]):
     return _walk(model, loc)[0]
 
 
+def _fields_by_key(node: Any) -> dict[str, Any] | None:
+    """A model's fields by the key a file uses: the alias where there is one (``_base_``)."""
+    fields = getattr(node, "model_fields", None)
+    if fields is None:
+        return None
+    return {info.alias or name: info for name, info in fields.items()}
+
+
 def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The keys a file may write at `loc` (aliases, as the file writes them)."""
     node = _walk(model, loc)[1] if loc else model
     prefix = ".".join(loc) + "." if loc else ""
-    return [prefix + k for k in getattr(node, "model_fields", {})]
+    return [prefix + k for k in _fields_by_key(node) or {}]
 
 
 def _bounds(model: type[BaseModel], loc: list[str], kind: str, ctx: dict) -> str:
@@ -318,18 +363,53 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def set_path(raw: dict, path: str, value: Any, where: str) -> None:
-    """Set ``a.b.c`` in a nested dict; ``loss`` alone sets the loss name."""
+def set_path(raw: dict, path: str, value: Any, where: str,
+             one_key_under: tuple[tuple[str, ...], ...] = ()) -> None:
+    """Set ``a.b.c`` in a nested dict; ``loss`` alone sets the loss name.
+
+    Keys may contain dots (a study's ``grid: {model.feature_dim: ...}``): at each level the
+    longest key that already exists there and matches the next parts of `path` is taken
+    (``grid.model.feature_dim`` sets ``grid["model.feature_dim"]``). Where no such key exists,
+    a mapping at a prefix in `one_key_under` (``("grid",)``, ``("search", "space", "*")``, ``*``
+    for any key) takes the rest of the path as one new key; elsewhere each part is one level.
+    """
     if path == "loss":
         path = "loss.name"
-    parts = path.split(".")
+    keys = split_path(raw, path, one_key_under)
     node = raw
-    for part in parts[:-1]:
+    for i, part in enumerate(keys[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{where}: cannot set '{path}': '{part}' is not a section")
+            raise ConfigError(f"{where}: cannot set '{path}': '{'.'.join(keys[:i + 1])}' is not "
+                              f"a section (it is {quote(child, 60)})")
         node = child
-    node[parts[-1]] = value
+    node[keys[-1]] = value
+
+
+def split_path(raw: Any, path: str, one_key_under: tuple[tuple[str, ...], ...] = ()
+               ) -> list[str]:
+    """The keys of dotted `path` in `raw`, level by level (see `set_path`)."""
+    parts = path.split(".")
+    keys: list[str] = []
+    node = raw
+    i = 0
+    while i < len(parts):
+        existing = node if isinstance(node, dict) else {}
+        for j in range(len(parts), i, -1):  # the longest existing key first
+            candidate = ".".join(parts[i:j])
+            if candidate in existing:
+                break
+        else:
+            j = len(parts) if any(_prefix_matches(keys, p) for p in one_key_under) else i + 1
+            candidate = ".".join(parts[i:j])
+        keys.append(candidate)
+        node = existing.get(candidate)
+        i = j
+    return keys
+
+
+def _prefix_matches(keys: list[str], pattern: tuple[str, ...]) -> bool:
+    return len(keys) == len(pattern) and all(p in ("*", k) for k, p in zip(keys, pattern))
 
 
 def load_config_file(path: str) -> dict:

@@ -16,6 +16,10 @@ A trial's config is built by one merge rule, later layers deep-merging over earl
 
 Cells a loss cannot run (its own hyperparameter check rejects them, e.g. ``pod`` with simplex
 centroids below k-1) are listed with the reason, never dropped silently.
+
+A study of more than `MAX_TRIALS` trials is refused before it is expanded: the count comes from
+the lengths of its lists (losses x grid values x seeds, or losses x trials_per_loss + the final
+phase). Expansion checks each distinct cell once and shares the parsed config across seeds.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featloss.config import Config
-from featloss.errors import ConfigError, HParamError
+from featloss.errors import ConfigError, HParamError, quote
 from featloss.names import safe_name, value_label
 from featloss.spaces import (
     Around,
@@ -41,6 +45,11 @@ from featloss.study import Study, deep_merge
 
 SMOKE_TRAIN_SAMPLES, SMOKE_EVAL_SAMPLES = 512, 256
 SECTIONS = ("data", "model", "train")
+MAX_TRIALS = 100_000  # per study invocation; more is several studies (or a search)
+# The longest suffix of the parent run's result metrics (featloss.results: RESULT_METRICS x
+# RESULT_STATS): result/<loss>/<cell>/<suffix> must fit MLflow's metric-key limit.
+LONGEST_RESULT_SUFFIX = "test_accuracy_ci_high"
+DESCRIPTION_PREVIEW_CHARS = 200  # of the description, in the printed plan
 
 
 @dataclass
@@ -121,6 +130,13 @@ class StudyPlan:
     def total_trials(self) -> int:
         return sum(self.phase_total(p) for p in self.phases)
 
+    def distinct_configs(self) -> list[Config]:
+        """One config per grid cell (its first seed's) and each search's base config: what
+        the pre-run checks look at (the seeds of a cell differ in nothing else)."""
+        first = self.study.seeds[0]
+        configs = [t.config for t in self.grid_trials if t.seed == first]
+        return configs + [Config.from_dict(s.base, where="search") for s in self.searches]
+
     def final_trials(self, best: dict[str, dict[str, Any]]) -> list[TrialSpec]:
         """Each loss's best searched params (`best[loss]`), full epochs, every seed, test on."""
         trials = []
@@ -144,7 +160,9 @@ class StudyPlan:
         lines = [f"study '{study.name}' ({study.mode}{', smoke' if self.smoke else ''}) "
                  f"from {study.source}"]
         if study.description:
-            lines.append(f"  {' '.join(study.description.split())}")
+            text = " ".join(study.description.split())
+            cut = DESCRIPTION_PREVIEW_CHARS
+            lines.append(f"  {text if len(text) <= cut else text[:cut - 1].rstrip() + '…'}")
         if self.searches:
             search = study.search
             lines.append(f"search phase: {self.phase_total('search')} trials ({search.sampler} "
@@ -178,9 +196,13 @@ class StudyPlan:
 
     def resolved_grid(self) -> dict[str, list]:
         values: dict[str, list] = {}
+        seen: set = set()
         for t in self.grid_trials:
             for k, v in t.params.items():
-                if v not in values.setdefault(k, []):
+                values.setdefault(k, [])
+                mark = (k, type(v).__name__, repr(v))
+                if mark not in seen:
+                    seen.add(mark)
                     values[k].append(v)
         return {k: sorted(v, key=lambda x: (not isinstance(x, (int, float)), str(x))
                           if not all(isinstance(x, (int, float)) for x in v) else x)
@@ -200,21 +222,68 @@ def expand(study: Study, smoke: bool = False, spaces_dir: str | None = None) -> 
     """
     if smoke:
         study = shrink_for_smoke(study)
+    check_size(study)
     plan = StudyPlan(study=study, smoke=smoke)
+    if study.ignored:
+        plan.notes.append(f"{', '.join(study.ignored)} ignored: "
+                          f"{'its loss is' if len(study.ignored) == 1 else 'their losses are'} "
+                          f"not in 'losses' ({', '.join(study.losses)})")
+    checked: dict[str, str | None] = {}  # validation key -> None (valid) or the rejection
     for loss in study.losses:
         base, applied = base_config(study, loss)
         plan.recipes[loss] = applied
         if study.search:
             plan.searches.append(_search_plan(study, loss, base, spaces_dir, plan))
         else:
-            _grid_trials(study, loss, base, plan)
-    if study.search is None:
+            _grid_trials(study, loss, base, plan, checked)
+    if study.search is not None:
+        check_size(study, sum(s.trials for s in plan.searches))  # a grid sampler's points
+    else:
         for loss in study.losses:
             if not any(t.loss == loss for t in plan.grid_trials):
                 reasons = "; ".join(s.reason for s in plan.skipped if s.loss == loss)
                 raise ConfigError(f"{study.source}: loss '{loss}' has no runnable cell "
                                   f"({reasons})")
     return plan
+
+
+def planned_trials(study: Study, search_trials: int | None = None) -> tuple[int, str]:
+    """(trials the study asks for, how that number comes about), from the lengths of its
+    lists alone (nothing expanded). A grid counts every cell (cells two factors round to the
+    same dimension, or a loss rejects, are counted too: an upper bound)."""
+    import math
+
+    from featloss.losses import loss_info
+
+    seeds = len(study.seeds)
+    if study.search:
+        per_loss = study.search.trials_per_loss
+        search = search_trials if search_trials is not None else per_loss * len(study.losses)
+        final = len(study.losses) * seeds
+        how = (f"{search} search trials + {len(study.losses)} losses x {seeds} seeds"
+               if search_trials is not None else
+               f"{len(study.losses)} losses x ({per_loss} trials_per_loss + {seeds} seeds)")
+        return search + final, how
+    total = 0
+    for loss in study.losses:
+        hparams = {h.name for h in loss_info(loss).hparams}
+        cells = math.prod(len(v.around_k_minus_1) if isinstance(v, Around) else len(v)
+                          for k, v in study.grid.items()
+                          if not k.startswith("loss.") or k[5:] in hparams)
+        total += cells * seeds
+    lengths = " x ".join(f"{len(v.around_k_minus_1) if isinstance(v, Around) else len(v)} "
+                         f"{k}" for k, v in study.grid.items())
+    how = f"{len(study.losses)} losses x {lengths + ' x ' if lengths else ''}{seeds} seeds"
+    return total, how
+
+
+def check_size(study: Study, search_trials: int | None = None) -> None:
+    """Raise ConfigError when the study asks for more than MAX_TRIALS trials."""
+    total, how = planned_trials(study, search_trials)
+    if total > MAX_TRIALS:
+        raise ConfigError(f"{study.source}: the study asks for {total:,} trials ({how}), more "
+                          f"than featloss runs in one study ({MAX_TRIALS:,}); use fewer values "
+                          f"or seeds, split it into several studies, or search instead of a grid")
 
 
 def base_config(study: Study, loss: str) -> tuple[dict, dict[str, Any]]:
@@ -259,20 +328,42 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def check_config(raw: dict, where: str, loss: str, strict: bool) -> Config:
+def check_config(raw: dict, where: str, loss: str, strict: bool,
+                 checked: dict[str, str | None] | None = None) -> Config:
     """Parse and validate one trial config. When not `strict`, the loss's own rejection of
-    its hyperparameters is a CellRejected (a skipped cell); anything else is a ConfigError."""
+    its hyperparameters is a CellRejected (a skipped cell); anything else is a ConfigError.
+
+    `checked` caches the registry checks (`featloss.train.validate_config`) by what they read,
+    so cells that differ only in, say, the learning rate build the loss once."""
     from featloss.train import validate_config
 
     config = Config.from_dict(raw, where=where)
+    key = validation_key(config) if checked is not None else None
+    if key is not None and key in checked:
+        if checked[key] is not None:
+            raise CellRejected(checked[key])
+        return config
     try:
-        return validate_config(config)
+        validate_config(config)
     except HParamError as exc:
         if not strict and exc.loss == loss:
+            if key is not None:
+                checked[key] = str(exc)
             raise CellRejected(str(exc)) from exc
         raise ConfigError(f"{where}: {exc}") from exc
     except ConfigError as exc:
         raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from exc
+    if key is not None:
+        checked[key] = None
+    return config
+
+
+def validation_key(config: Config) -> str:
+    """What `featloss.train.validate_config` reads of a config: the data section, the
+    backbone and feature dimension, the loss and the batch size."""
+    return repr((tuple(config.data.__dict__.values()), config.model.backbone,
+                 config.model.feature_dim, config.loss.name,
+                 sorted(config.loss.hparams.items()), config.train.batch_size))
 
 
 def num_classes_of(config: dict) -> int | None:
@@ -317,7 +408,8 @@ def check_config_key(study: Study, key: str, where: str) -> None:
                           f"train.* or loss.<hparam>)")
 
 
-def _grid_trials(study: Study, loss: str, base: dict, plan: StudyPlan) -> None:
+def _grid_trials(study: Study, loss: str, base: dict, plan: StudyPlan,
+                 checked: dict[str, str | None] | None = None) -> None:
     axes = _grid_axes(study, loss)
     keys = list(axes)
     # around_k_minus_1 axes are placeholders: one product element per factor, resolved per cell
@@ -326,7 +418,7 @@ def _grid_trials(study: Study, loss: str, base: dict, plan: StudyPlan) -> None:
     seen: set[str] = set()
     taken = {t.key for t in plan.grid_trials}
     for combo in itertools.product(*pools) if keys else [()]:
-        raw = copy.deepcopy(base)
+        raw = _copy_sections(base)
         cell: dict[str, Any] = {}
         for key, value in zip(keys, combo):
             if not isinstance(axes[key], Around):
@@ -346,17 +438,49 @@ def _grid_trials(study: Study, loss: str, base: dict, plan: StudyPlan) -> None:
             continue
         seen.add(signature)
         where = f"{study.source} (loss {loss}" + (f", cell {cell})" if cell else ")")
+        _check_metric_names(study, loss, cell)
         try:
-            check_config(raw, where, loss, strict=False)
+            config = check_config(raw, where, loss, strict=False, checked=checked)
         except CellRejected as exc:
             plan.skipped.append(Skipped(loss, cell, str(exc)))
             continue
         for seed in study.seeds:
-            raw["seed"] = seed
             key = _unique(trial_key("grid", loss, cell, seed), taken, (loss, signature, seed))
+            # one parsed config per cell; each seed's is a copy with its seed
             plan.grid_trials.append(TrialSpec(key=key, phase="grid", loss=loss, seed=seed,
-                                              config=Config.from_dict(raw, where=where),
+                                              config=_with_seed(config, seed),
                                               params=dict(cell)))
+
+
+def _copy_sections(base: dict) -> dict:
+    """A copy of a config dict deep enough for `set_dotted` of ``section.key`` (the only keys
+    a grid varies) and cheap: values inside a section are shared (parsing copies them)."""
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+
+
+def _with_seed(config: Config, seed: int) -> Config:
+    """`config` with `seed` (a shallow copy: the seeds of a cell share its parsed sections,
+    which nothing mutates)."""
+    return config.model_copy(update={"seed": seed})
+
+
+def _check_metric_names(study: Study, loss: str, cell: dict[str, Any]) -> None:
+    """The parent run's result metrics name the cell (``result/<loss>/<key>_<value>/...``):
+    a cell whose values make that longer than MLflow's metric-key limit is refused."""
+    from featloss.names import value_label
+    from featloss.study import MAX_METRIC_NAME_CHARS
+    from featloss.tracking.runs import metric_name
+
+    if not cell:
+        return
+    parts = [f"{k.split('.')[-1]}_{value_label(v)}" for k, v in cell.items()]
+    name = metric_name("result", loss, *parts, LONGEST_RESULT_SUFFIX)
+    if len(name) > MAX_METRIC_NAME_CHARS:
+        longest = max(cell, key=lambda k: len(value_label(cell[k])))
+        raise ConfigError(f"{study.source}: grid cell {quote(cell, 200)} names its MLflow result "
+                          f"metrics with {len(name)} characters, more than MLflow's "
+                          f"{MAX_METRIC_NAME_CHARS}; shorten the values of grid.{longest} or "
+                          f"grid over fewer keys")
 
 
 def trial_key(phase: str, loss: str, cell: dict, seed: int) -> str:

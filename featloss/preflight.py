@@ -34,14 +34,51 @@ def storage_uri(given: str | None) -> str:
     return store if "://" in store else str(Path(store).expanduser().resolve())
 
 
+def check_storage(uri: str, given: str | None = None) -> None:
+    """A local results folder must be creatable and writable: checked by creating what is
+    missing of it and a probe file there, then removing exactly those (nothing is left).
+    Object stores (s3://) are checked when the record is written. Raises ConfigError."""
+    if "://" in uri and not uri.startswith("file://"):
+        return
+    folder = Path(uri.removeprefix("file://")).expanduser()
+    shown = given or uri
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(f"--storage {shown}: cannot create {folder} ({problem}); pass a "
+                           f"writable folder")
+
+    missing = []
+    node = folder
+    while not node.exists():
+        if node.is_symlink():
+            raise refuse(f"{node} is a broken symbolic link")
+        missing.append(node)
+        node = node.parent
+    if not node.is_dir():
+        raise refuse(f"{node} is a file, not a folder")
+    created = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+        probe = folder / f".featloss-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    finally:
+        for path in reversed(created):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
 def check_devices(plan, local: bool, strict: bool) -> None:
     """train.device cuda needs GPUs in `resources` (Ray gives a trial only what it asks for);
     a local run needs resources this machine has. Raises ConfigError."""
     study = plan.study
-    configs = [t.config for t in plan.grid_trials]
-    from featloss.config import Config
-
-    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
+    configs = plan.distinct_configs()
     if any(c.train.device.startswith("cuda") for c in configs) and study.resources.gpu <= 0:
         raise ConfigError(f"{study.source}: train.device=cuda but resources.gpu is 0, so Ray "
                           f"gives the trials no GPU; set resources.gpu (e.g. 1 or 0.25) or "
@@ -59,15 +96,11 @@ def check_plan_data(plan, strict: bool) -> str | None:
     Otherwise (validate, where the data may live on the cluster only) the first problem is
     returned as a note line. Values a search varies are checked in the trials.
     """
-    from featloss.config import Config
     from featloss.data import check_data
-
     from featloss.losses import loss_info
 
-    configs = [t.config for t in plan.grid_trials]
-    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
     seen = set()
-    for config in configs:
+    for config in plan.distinct_configs():
         need = loss_info(config.loss.name).cls.min_samples_per_class(**config.loss.hparams)
         key = (config.data.model_dump_json(), config.train.batch_size, need,
                config.loss.name if need else "")
@@ -85,14 +118,18 @@ def check_plan_data(plan, strict: bool) -> str | None:
 
 def plan_warnings(plan) -> list[str]:
     """Each loss's warnings about its planned run (`featloss.train.loss_warnings`, e.g. an
-    L-Softmax whose lambda never falls in the run), once per distinct text."""
-    from featloss.config import Config
+    L-Softmax whose lambda never falls in the run), once per distinct text; configs that
+    differ only in what the warnings do not read (the learning rate, say) are asked once."""
+    from featloss.plan import validation_key
     from featloss.train import loss_warnings
 
-    configs = [t.config for t in plan.grid_trials]
-    configs += [Config.from_dict(s.base, where="search") for s in plan.searches]
     seen: dict[str, None] = {}
-    for config in configs:
+    asked: set[str] = set()
+    for config in plan.distinct_configs():
+        key = f"{validation_key(config)}|{config.train.epochs}"
+        if key in asked:
+            continue
+        asked.add(key)
         for line in loss_warnings(config):
             seen.setdefault(line, None)
     return list(seen)

@@ -41,14 +41,24 @@ def study_schema() -> dict[str, Any]:
         defs[f"PerLoss_{key}"] = entry
         per_loss[key] = {"$ref": f"#/$defs/PerLoss_{key}"}
     del defs["PerLoss"]
-    props["per_loss"] = {"type": "object", "additionalProperties": False,
-                         "description": props["per_loss"]["description"],
-                         "properties": per_loss, "default": {}}
+    props["per_loss"] = {"anyOf": [{"type": "object", "additionalProperties": False,
+                                    "properties": per_loss}, {"type": "null"}],
+                         "description": props["per_loss"]["description"], "default": {}}
     keys = varied_keys()
     props["grid"]["propertyNames"] = {"enum": keys}
     space = defs["SearchSettings"]["properties"]["space"]
     space["propertyNames"] = {"enum": losses}
     space["additionalProperties"]["propertyNames"] = {"enum": keys}
+    factors = defs["Around"]["properties"]["around_k_minus_1"]
+    factors["items"].update(exclusiveMinimum=0)
+    # A file with _base_ is completed by its base: the merged study must have name and losses
+    # (featloss checks that), the file alone need not.
+    required = schema.pop("required", [])
+    schema["if"] = {"required": ["_base_"]}
+    schema["else"] = {"required": required}
+    # 'grid' or 'search', not both (an empty grid or a null search counts as absent)
+    schema["not"] = {"required": ["grid", "search"],
+                     "properties": {"grid": {"minProperties": 1}, "search": {"type": "object"}}}
     schema["$schema"] = DRAFT
     schema["title"] = "featloss study"
     schema["description"] = ("A featloss study: losses, the sections every trial starts from, "

@@ -31,6 +31,7 @@ class Ctx:
     def __init__(self, folder: Path, uri: str) -> None:
         self.folder, self.uri = folder, uri
         self.storage = folder / "results"
+        self.env: dict[str, str] = {}  # environment a row sets (applied through monkeypatch)
 
     def study(self, raw: Any = None, text: str | bytes | None = None, name="study.yaml") -> str:
         path = self.folder / name
@@ -105,7 +106,10 @@ study_row("keys", with_(GOOD, "epochs", 3), "unknown key 'epochs'")
 study_row("keys", with_(GOOD, "data/root_dir", "x"), "unknown key 'data.root_dir'")
 study_row("keys", with_(GOOD, "train/learning_rate", 0.1), "unknown key 'train.learning_rate'")
 study_row("keys", with_(SEARCH, "search/budget", 3), "unknown key 'search.budget'")
-study_row("keys", with_(GOOD, "per_loss/pod", {}), "per_loss.pod: 'pod' is not in 'losses'")
+study_row("keys", with_(GOOD, "per_loss/arcface", {}),
+          "per_loss.arcface: unknown loss 'arcface' (known: softmax,")
+study_row("keys", with_(GOOD, "base", "other.yaml"),
+          "unknown key 'base' (did you mean '_base_'? known keys: _base_, name,")
 study_row("keys", with_(GOOD, "per_loss/softmax/optim", {}),
           "unknown key 'per_loss.softmax.optim'")
 study_row("keys", with_(GOOD, "name", ""), "name must not be empty")
@@ -127,6 +131,14 @@ study_row("keys", with_(GOOD, "seeds", "0"), "seeds must be a list")
 study_row("keys", with_(GOOD, "resources/tpu", 1), "unknown key 'resources.tpu'")
 study_row("keys", with_(GOOD, "resources/cpu", -1), "resources.cpu=-1 must lie in")
 study_row("keys", with_(GOOD, "resources/gpu", 1.5), "a whole number of GPUs")
+study_row("keys", with_(GOOD, "resources", {"cpu": 0, "gpu": 0}),
+          "resources: cpu 0 and gpu 0 ask Ray for nothing")
+study_row("keys", with_(GOOD, "resources", {"cpu": 0}), "cpu 0 and gpu 0 ask Ray for nothing")
+study_row("keys", with_(GOOD, "resources/cpu", 0.00001), "below Ray's resolution of 0.0001")
+study_row("keys", with_(GOOD, "description", "d" * 200_000),
+          "description has 200000 characters, more than 5000")
+study_row("keys", with_(GOOD, "data/root", "/" + "r" * 5000),
+          "data.root is too long (at most 4096 characters)")
 study_row("keys", with_(GOOD, "max_concurrent", 0), "max_concurrent=0 must be >= 1")
 study_row("keys", with_(GOOD, "max_failures", -1), "max_failures=-1 must lie in")
 study_row("keys", with_(SEARCH, "grid", {"train.lr": [0.1]}), "use either 'grid' or 'search'")
@@ -142,6 +154,18 @@ study_row("keys", with_(GOOD, "grid", {"model.feature_dim": {"around_k_minus_1":
           "factors must be finite numbers > 0")
 study_row("keys", with_(GOOD, "grid", {"train.lr": [0.1, float("inf")]}),
           "inf is not a finite number")
+study_row("keys", with_(GOOD, "grid", {"model.feature_dim": [8, 16, 8]}),
+          "grid.model.feature_dim lists the value 8 twice")
+study_row("keys", with_(GOOD, "grid", {"train.lr": [0.1, 0.1]}), "lists the value 0.1 twice")
+study_row("keys", with_(GOOD, "grid", {"model.feature_dim": {"around_k_minus_1": [1, 2, 1]}}),
+          "grid.model.feature_dim lists the factor 1 twice")
+study_row("keys", with_(GOOD, "grid", {"train.lr": [1e-4 * (i + 1) for i in range(2000)],
+                                       "train.momentum": [i / 200 for i in range(100)]},
+                        "seeds", [0, 1, 2, 3, 4]),
+          "asks for 1,000,000 trials (1 losses x 2000 train.lr x 100 train.momentum x 5 seeds), "
+          "more than featloss runs in one study (100,000)")
+study_row("keys", with_(GOOD, "grid", {"data.root": ["/" + "r" * 300, "/r"]}),
+          "names its MLflow result metrics with")
 
 # -- values ----------------------------------------------------------------------------------------
 for path, value, needle in [
@@ -206,7 +230,9 @@ for path, value, needle in [
     ("search/common", ["train.momentum"], "'train.momentum' is not in"),
     ("search/epochs", 0, "search.epochs=0 must lie in"),
     ("search/seed", -3, "search.seed=-3 must lie in"),
-    ("search/space", {"arcface": {}}, "search.space.arcface: 'arcface' is not in 'losses'"),
+    ("search/space", {"arcface": {}}, "search.space.arcface: unknown loss 'arcface'"),
+    ("search/trials_per_loss", 60_000, "asks for 120,002 trials"),
+    ("search/metric", "val/" + "m" * 300, "search.metric is too long (at most 250"),
     ("search/space", {"pod": {"loss.lam": {"type": "gaussian"}}}, "type='gaussian' is not one"),
     ("search/space", {"pod": {"loss.lam": {"type": "float", "low": 2, "high": 1}}},
      "low=2 must be < high=1"),
@@ -236,6 +262,12 @@ row("options", lambda c: c.run(GOOD, "--set", "train.lrr=0.1"), "unknown key 'tr
 row("options", lambda c: c.run(GOOD, "--set", "train.epochs=many"),
     "train.epochs must be an integer, got 'many'")
 row("options", lambda c: c.run(GOOD, "--set", "seeds=[-5]"), "seeds must lie in")
+row("options", lambda c: c.run(GOOD, "--set", "_base_=other.yaml"),
+    "--set _base_: _base_ cannot be set with --set; put it in the file")
+row("options", lambda c: c.run(GOOD, "--set", "TRAIN.LR=0.1"),
+    "unknown key 'TRAIN' (did you mean 'train'?")
+row("options", lambda c: c.run(GOOD, "--set", "train.lr.value=0.1"),
+    "cannot set 'train.lr.value': 'train.lr' is not a section")
 row("options", lambda c: c.run(GOOD, "--max-concurrent", "0"), "--max-concurrent 0: must be >= 1")
 row("options", lambda c: c.run(GOOD, "--max-concurrent", "two"), "invalid int value: 'two'")
 row("options", lambda c: c.run(GOOD, "--wait-for-nodes", "-5"), "--wait-for-nodes -5: must be between 0")
@@ -269,6 +301,8 @@ row("stores", lambda c: ["run", c.study(GOOD), "--storage", "/proc/featloss",
                          "--tracking-uri", c.uri], "--storage /proc/featloss: cannot create")
 row("stores", lambda c: ["run", c.study(GOOD), "--storage", c.study(GOOD, name="file.yaml"),
                          "--tracking-uri", c.uri], "cannot create")
+row("stores", lambda c: ["run", c.study(GOOD), "--storage", "/proc/featloss"],  # default store
+    "--storage /proc/featloss: cannot create")
 row("stores", lambda c: ["report", "bad-inputs", "--tracking-uri", c.uri, "--out",
                          "/proc/x/report"], "--out /proc/x/report: cannot write there")
 row("stores", lambda c: ["report", "no-such-study", "--tracking-uri", c.uri, "--out",
@@ -281,7 +315,7 @@ row("stores", lambda c: ["report", "x", "--tracking-uri", "http://127.0.0.1:9", 
 
 def _env_row(name: str, value: str, needle: str) -> None:
     def make(c: Ctx) -> list[str]:
-        os.environ[name] = value
+        c.env[name] = value
         return c.run(GOOD)
 
     row("options", make, needle)
@@ -356,6 +390,10 @@ row("resume", lambda c: ["resume", _results(c, None)], "is not a featloss result
 row("resume", lambda c: ["resume", str(c.folder / "nowhere")], "no such results folder")
 row("resume", lambda c: ["resume", c.study(GOOD), "--storage", str(c.folder / "empty")],
     "no unfinished results of study 'bad-inputs'")
+row("resume", lambda c: ["resume", str(c.folder / "nowhere"), "--set", "train.epochs=4"],
+    "--set train.epochs=4: a resume continues the recorded plan, so --set may change only "
+    "description, resources, max_concurrent, max_failures; a different plan is a new study: "
+    "featloss run STUDY.yaml --set train.epochs=4")
 
 
 @pytest.fixture(scope="module")
@@ -386,9 +424,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_started(kind, make, needle, st
         monkeypatch.delenv(name, raising=False)
     ctx = Ctx(tmp_path, uri)
     argv = make(ctx)
-    for name in ("FEATLOSS_MLFLOW_RETRY_SECONDS", "FEATLOSS_PROGRESS_SECONDS"):  # set by make
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
+    for name, value in ctx.env.items():  # undone at teardown, so no row leaks into later tests
+        monkeypatch.setenv(name, value)
     before = counts(db)
     rc = main(argv)
     out, err = capsys.readouterr()
@@ -401,6 +438,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_started(kind, make, needle, st
     assert counts(db) == before  # no run or experiment created
     assert not ctx.storage.exists() or not any(ctx.storage.iterdir())
     assert not (tmp_path / "featloss_results").exists()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlflow.db.lock").exists()
     assert not (tmp_path / "featloss_report").exists() and not (tmp_path / "rep").exists()
     assert not Path("/tmp/featloss-pwned").exists()
 

@@ -244,3 +244,239 @@ def test_base_cycle_is_one_error(tmp_path):
     (tmp_path / "b.yaml").write_text("_base_: a.yaml\nlosses: [softmax]\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_study(tmp_path / "a.yaml")
+
+
+# -- --set: dotted keys, _base_, resume ------------------------------------------------------------
+
+SWEEP = REPO / "studies" / "feature_dim_sweep_mnist5k.yaml"
+QUICKSTART = REPO / "studies" / "quickstart.yaml"
+
+
+def test_set_reaches_grid_and_search_space_keys_that_contain_dots(tmp_path):
+    study = load_study(SWEEP, {"grid.model.feature_dim": [2, 4]})
+    assert study.grid == {"model.feature_dim": [2, 4]}
+    # an existing dotted key is matched first, then the parts below it
+    study = load_study(SWEEP, {"grid.model.feature_dim.around_k_minus_1": [1, 2]})
+    assert study.grid["model.feature_dim"].around_k_minus_1 == [1.0, 2.0]
+    # a new key under grid (or under search.space.<loss>) is the rest of the path
+    study = load_study(SWEEP, {"grid.train.lr": [0.01, 0.1]})
+    assert set(study.grid) == {"model.feature_dim", "train.lr"}
+    lam = {"type": "float", "low": 0, "high": 1}
+    study = load_study(QUICKSTART, {"search.space.pod.loss.lam": lam})
+    assert set(study.search.space["pod"]) == {"model.feature_dim", "loss.lam"}
+    path = tmp_path / "s.yaml"
+    path.write_text(dump_yaml({**SEARCH, "search": {"trials_per_loss": 2}}))
+    study = load_study(path, {"search.space.pod.loss.lam": lam, "search.space.pod.train.lr": None})
+    assert study.search.space["pod"]["loss.lam"].high == 1 and study.search.space["pod"]["train.lr"] is None
+    assert expand(study).searches[1].space["loss.lam"].high == 1.0
+
+
+def test_set_path_prefers_the_longest_existing_key():
+    from featloss.config import set_path
+
+    raw = {"a": {"b.c": {"d": 1}, "b": {"c": {"d": 2}}}}
+    set_path(raw, "a.b.c.d", 3, "--set")
+    assert raw == {"a": {"b.c": {"d": 3}, "b": {"c": {"d": 2}}}}
+    set_path(raw, "x.y.z", 1, "--set", (("x",),))
+    assert raw["x"] == {"y.z": 1}
+    set_path(raw, "s.space.pod.loss.lam", 1, "--set", (("s", "space", "*"),))
+    assert raw["s"] == {"space": {"pod": {"loss.lam": 1}}}
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("_base_", "other.yaml", "--set _base_: _base_ cannot be set with --set; put it in the file"),
+    ("TRAIN.LR", 0.1, "unknown key 'TRAIN' (did you mean 'train'? known keys: _base_, name,"),
+    ("train.LR", 0.1, "unknown key 'train.LR' (did you mean 'train.lr'? known keys: "),
+    ("base", "x.yaml", "unknown key 'base' (did you mean '_base_'? known keys: _base_, name,"),
+])
+def test_set_errors_name_the_key_as_given(key, value, message):
+    with pytest.raises(ConfigError, match=_escape(message)):
+        expand(load_study(SWEEP, {key: value}))
+
+
+def test_unknown_key_lists_the_keys_a_file_writes():
+    with pytest.raises(ConfigError) as info:
+        parse_study({**GRID, "bogus": 1})
+    known = str(info.value).split("known keys: ")[1]
+    assert known.startswith("_base_, name, description,") and " base," not in known
+
+
+# -- narrowing a study to fewer losses -------------------------------------------------------------
+
+def test_per_loss_and_search_space_of_unlisted_losses_are_ignored_with_one_note(tmp_path, capsys):
+    from featloss.cli import main
+
+    plan = expand(load_study(QUICKSTART, {"losses": ["softmax"]}))
+    assert [s.loss for s in plan.searches] == ["softmax"] and plan.study.per_loss == {}
+    notes = [n for n in plan.notes if "ignored" in n]
+    assert notes == ["per_loss.lsoftmax, search.space.pod ignored: their losses are not in "
+                     "'losses' (softmax)"]
+    (tmp_path / "narrow.yaml").write_text(f"_base_: {QUICKSTART}\nlosses: [softmax, center]\n")
+    assert main(["validate", str(tmp_path / "narrow.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "ignored" in line] == [
+        "note: per_loss.lsoftmax, search.space.pod ignored: their losses are not in 'losses' "
+        "(softmax, center)"]
+    assert load_study(QUICKSTART, {"per_loss": None}).per_loss == {}
+    # typo protection stays: a name that is no loss at all is an error naming the known losses
+    with pytest.raises(ConfigError, match=r"per_loss\.lsoftmx: unknown loss 'lsoftmx' \(known: "):
+        load_study(QUICKSTART, {"per_loss.lsoftmx": {}})
+
+
+# -- caps: what MLflow and Ray accept, trial counts ------------------------------------------------
+
+def test_caps_keep_values_inside_mlflow_limits():
+    from mlflow.utils import validation
+
+    from featloss.study import MAX_DESCRIPTION_CHARS, MAX_METRIC_NAME_CHARS, MAX_NAME_CHARS
+
+    # the description is the experiment's note (hard limit) and starts the parent run's note
+    # (a run tag: MLflow cuts it, or refuses it with MLFLOW_TRUNCATE_LONG_VALUES=false)
+    assert MAX_DESCRIPTION_CHARS < validation.MAX_TAG_VAL_LENGTH
+    assert MAX_DESCRIPTION_CHARS < validation.MAX_EXPERIMENT_TAG_VAL_LENGTH
+    assert MAX_METRIC_NAME_CHARS == validation.MAX_ENTITY_KEY_LENGTH
+    assert MAX_NAME_CHARS + len(" (smoke)") <= 250  # runs.name is VARCHAR(250)
+    assert MAX_NAME_CHARS <= validation.MAX_EXPERIMENT_NAME_LENGTH
+    parse_study({**GRID, "description": "d" * MAX_DESCRIPTION_CHARS})
+    with pytest.raises(ConfigError, match="description has 5001 characters, more than 5000"):
+        parse_study({**GRID, "description": "d" * (MAX_DESCRIPTION_CHARS + 1)})
+
+
+def test_the_printed_plan_shows_a_preview_of_a_long_description():
+    plan = plan_of({**GRID, "description": "word " * 900})
+    line = plan.summary_lines()[1]
+    assert len(line) <= 203 and line.endswith("…")
+
+
+def test_result_metric_suffix_is_the_longest_the_report_writes():
+    from featloss.plan import LONGEST_RESULT_SUFFIX
+    from featloss.results import RESULT_METRICS, RESULT_STATS
+
+    suffixes = [f"{m.replace('/', '_')}_{s}" for m in RESULT_METRICS for s in RESULT_STATS]
+    assert LONGEST_RESULT_SUFFIX == max(suffixes, key=len)
+
+
+@pytest.mark.parametrize("resources,ok", [
+    ({"cpu": 0, "gpu": 0}, False), ({"cpu": 0}, False), ({"cpu": 0, "gpu": 0.25}, True),
+    ({"cpu": 0.5}, True), ({"cpu": 0.00001}, False), ({"gpu": 0.00001, "cpu": 0}, False),
+])
+def test_resources_ask_ray_for_something(resources, ok):
+    raw = {**GRID, "resources": resources}
+    if ok:
+        parse_study(raw)
+    else:
+        with pytest.raises(ConfigError, match="resources"):
+            parse_study(raw)
+
+
+def test_the_trial_count_is_known_before_expanding():
+    from featloss.plan import MAX_TRIALS, planned_trials
+
+    study = parse_study(copy.deepcopy(GRID))
+    # loss.alpha applies to wsoftmax only: softmax 4 dims, pod 4, wsoftmax 4 x 2; 3 seeds each
+    assert planned_trials(study)[0] == (4 + 4 + 8) * 3
+    assert planned_trials(parse_study(copy.deepcopy(SEARCH)))[0] == 3 * 4 + 3 * 2
+    huge = {**GRID, "grid": {"train.lr": [1e-5 * (i + 1) for i in range(2000)],
+                             "train.momentum": [i / 100 for i in range(100)]}, "seeds": [0, 1, 2, 3, 4]}
+    assert planned_trials(parse_study(huge))[0] == 3_000_000 > MAX_TRIALS
+    import time
+
+    start = time.process_time()
+    with pytest.raises(ConfigError, match=r"asks for 3,000,000 trials \(3 losses x 2000 train.lr "
+                                          r"x 100 train.momentum x 5 seeds\), more than featloss "
+                                          r"runs in one study \(100,000\)"):
+        plan_of(huge)
+    assert time.process_time() - start < 1.0
+
+
+def test_ten_thousand_cells_expand_fast():
+    import time
+
+    raw = {"name": "big", "data": {"dataset": "digits"}, "losses": ["softmax", "pod"],
+           "grid": {"train.lr": [1e-3 * (i + 1) for i in range(100)],
+                    "train.weight_decay": [1e-5 * i for i in range(50)]}, "seeds": [0, 1]}
+    plan_of({**raw, "grid": {"train.lr": [0.1]}})  # imports and caches warm
+    start = time.process_time()
+    plan = plan_of(raw)
+    seconds = time.process_time() - start
+    assert seconds < 2.0, seconds
+    assert len(plan.grid_trials) == 20_000 and len(plan.distinct_configs()) == 10_000
+    first = plan.grid_trials[0]
+    one = [t for t in plan.grid_trials if (t.loss, t.params) == (first.loss, first.params)]
+    assert [t.seed for t in one] == [0, 1] and one[1].config.seed == 1 and one[0].config.seed == 0
+
+
+@pytest.mark.parametrize("grid,message", [
+    ({"model.feature_dim": [8, 8]}, "grid.model.feature_dim lists the value 8 twice"),
+    ({"train.lr": [0.1, 0.05, 0.1]}, "grid.train.lr lists the value 0.1 twice"),
+    ({"model.feature_dim": [8, 8.0]}, "lists the value 8 twice"),
+    ({"train.lr_milestones": [[0.5], [0.5]]}, "lists the value [0.5] twice"),
+    ({"model.feature_dim": {"around_k_minus_1": [0.5, 0.5]}}, "lists the factor 0.5 twice"),
+])
+def test_a_grid_value_given_twice_is_an_error(grid, message):
+    with pytest.raises(ConfigError, match=_escape(message)):
+        parse_study({**GRID, "grid": grid})
+
+
+# -- resume --set: runtime keys only, applied and recorded -----------------------------------------
+
+def test_resume_set_changes_runtime_keys_and_records_them(tmp_path, tracking_uri, monkeypatch,
+                                                          capsys):
+    from conftest import tiny_study
+
+    from featloss import commands
+    from featloss.cli import main
+    from featloss.record import StudyRecord
+
+    path = tmp_path / "s.yaml"
+    path.write_text(dump_yaml(tiny_study("resumed", train={"epochs": 1})))
+    plan = expand(load_study(path, {"train.epochs": 2}))
+    record = StudyRecord.new(plan, tracking_uri, str(tmp_path / "results"), str(path),
+                             {"train.epochs": 2})
+    record.save()
+    seen = []
+
+    def execute(plan, record, address, args):
+        seen.append((plan, record))
+        record.save()
+        return 0
+
+    monkeypatch.setattr(commands, "_execute", execute)
+    folder = record.results_dir
+    assert main(["resume", folder, "--set", "max_concurrent=1", "--set", "resources.cpu=2",
+                 "--set", "description=resumed on 2 CPUs"]) == 0
+    study = seen[-1][0].study
+    assert (study.max_concurrent, study.resources.cpu, study.train.epochs) == (1, 2.0, 2)
+    assert study.description == "resumed on 2 CPUs"
+    assert StudyRecord.load(folder).overrides == {
+        "train.epochs": 2, "max_concurrent": 1, "resources.cpu": 2,
+        "description": "resumed on 2 CPUs"}
+    # the next resume keeps them, with the study file or without it
+    assert main(["resume", folder]) == 0 and seen[-1][0].study.resources.cpu == 2.0
+    path.unlink()
+    assert main(["resume", folder]) == 0
+    study = seen[-1][0].study
+    assert (study.max_concurrent, study.resources.cpu, study.train.epochs) == (1, 2.0, 2)
+    # anything else would change the plan: one line, nothing resumed, with or without
+    # --accept-changes
+    capsys.readouterr()
+    for extra in ([], ["--accept-changes"]):
+        assert main(["resume", folder, "--set", "train.epochs=4", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "a resume continues the recorded plan" in err[0]
+        assert "featloss run STUDY.yaml --set train.epochs=4" in err[0]
+    assert len(seen) == 3
+
+
+def test_the_optuna_hint_says_how_to_get_the_dashboard(monkeypatch):
+    import importlib.util
+
+    from featloss.commands import optuna_hint
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "optuna_dashboard" else real(name, *a))
+    assert optuna_hint("/r/optuna.journal") == (
+        "pip install 'featloss[dashboard]', then optuna-dashboard /r/optuna.journal")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert optuna_hint("/r/optuna.journal") == "optuna-dashboard /r/optuna.journal"
