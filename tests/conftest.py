@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +81,24 @@ def tiny_study(name: str, **sections) -> dict:
         else:
             study[key] = value
     return study
+
+
+DELETE = object()  # with `edited`: remove the key
+
+
+def edited(base: dict, changes: dict[str, Any]) -> dict:
+    """A deep copy of `base` with each ``a/b/c`` path set to its value (DELETE removes it)."""
+    raw = copy.deepcopy(base)
+    for path, value in changes.items():
+        node = raw
+        parts = path.split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+    return raw
 
 
 def mlflow_runs(uri: str, experiment: str) -> tuple[list, list]:

@@ -8,7 +8,6 @@ experiment in the shared store, and no results or report folder left behind.
 
 from __future__ import annotations
 
-import copy
 import os
 import sqlite3
 import sys
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import DELETE, edited, tiny_study
 
-from conftest import tiny_study
 from featloss.yamlio import dump_yaml
 
 GOOD = tiny_study("bad-inputs", data={"max_train_samples": 128, "max_eval_samples": 64},
@@ -47,20 +46,7 @@ class Ctx:
 
 
 def with_(base: dict, *path_value) -> dict:
-    raw = copy.deepcopy(base)
-    for path, value in zip(path_value[::2], path_value[1::2]):
-        node = raw
-        parts = path.split("/")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        if value is DELETE:
-            node.pop(parts[-1], None)
-        else:
-            node[parts[-1]] = value
-    return raw
-
-
-DELETE = object()
+    return edited(base, dict(zip(path_value[::2], path_value[1::2])))
 TRAIN = ["train", "--dataset", "digits", "--backbone", "small_cnn", "--loss", "softmax",
          "--epochs", "1", "--set", "data.max_train_samples=64", "--set", "data.max_eval_samples=32"]
 

@@ -7,8 +7,8 @@ import json
 
 import jsonschema
 import pytest
+from conftest import DELETE, REPO, edited
 
-from conftest import REPO
 from featloss.errors import ConfigError
 from featloss.losses import list_losses, loss_info
 from featloss.plan import check_config_key
@@ -124,20 +124,10 @@ SEARCHING = {**BASE, "search": {"trials_per_loss": 2}}
 
 
 def _with(base: dict, **changes) -> dict:
-    raw = copy.deepcopy(base)
-    for path, value in changes.items():
-        node = raw
-        parts = path.split("__")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        if value is _DROP:
-            node.pop(parts[-1], None)
-        else:
-            node[parts[-1]] = value
-    return raw
+    return edited(base, {path.replace("__", "/"): value for path, value in changes.items()})
 
 
-_DROP = object()
+_DROP = DELETE
 AGREEMENT = [  # (label, study, featloss and the schema both accept it)
     ("minimal", {"name": "m", "losses": ["softmax"]}, True),
     ("base", BASE, True),
