@@ -23,12 +23,14 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """HEAD of the featloss checkout (``-dirty`` with uncommitted changes), or "unknown"."""
+    """HEAD of the featloss checkout (``-dirty`` with uncommitted changes to tracked files other
+    than the shipped results, which are outputs, not code), or "unknown"."""
     root = Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)studies/results"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
