@@ -363,7 +363,9 @@ def report_markdown(spec, record: StudyRecord, parent: dict, table, best, figure
             lines.append("(no completed trials)")
         lines.append("")
     if figures:
-        lines += ["## Plots", ""]
+        # MLflow's artifact viewer renders this markdown but not its images: say where they are
+        lines += ["## Plots", "", "Each plot is a PNG file beside this report (on the MLflow "
+                  "parent run: the `report/` folder of its artifacts, which shows images).", ""]
         for name in figures:
             lines += [f"### {name[:-4]}", "", f"![{name[:-4]}]({name})", ""]
     return "\n".join(lines) + "\n"
