@@ -119,13 +119,20 @@ def check_plan_data(plan, strict: bool) -> str | None:
 def plan_warnings(plan) -> list[str]:
     """Each loss's warnings about its planned run (`featloss.train.loss_warnings`, e.g. an
     L-Softmax whose lambda never falls in the run), once per distinct text; configs that
-    differ only in what the warnings do not read (the learning rate, say) are asked once."""
+    differ only in what the warnings do not read (the learning rate, say) are asked once.
+    Also a `data.root` given for an embedded dataset, which reads no files."""
+    from featloss.data import dataset_info
     from featloss.plan import validation_key
     from featloss.train import loss_warnings
 
     seen: dict[str, None] = {}
     asked: set[str] = set()
     for config in plan.distinct_configs():
+        data = config.data
+        if data.root is not None and dataset_info(data.dataset).embedded:
+            seen.setdefault(f"data.root is ignored: dataset '{data.dataset}' is embedded (it "
+                            f"reads no files), so trials that differ only in data.root train "
+                            f"on the same data", None)
         key = f"{validation_key(config)}|{config.train.epochs}"
         if key in asked:
             continue

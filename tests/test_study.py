@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_study
 from featloss.errors import ConfigError
 from featloss.losses import list_losses, loss_info
 from featloss.plan import expand, shrink_for_smoke
@@ -480,3 +481,14 @@ def test_the_optuna_hint_says_how_to_get_the_dashboard(monkeypatch):
         "pip install 'featloss[dashboard]', then optuna-dashboard /r/optuna.journal")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert optuna_hint("/r/optuna.journal") == "optuna-dashboard /r/optuna.journal"
+
+
+def test_a_data_root_for_an_embedded_dataset_is_a_warning():
+    from featloss.plan import expand
+    from featloss.preflight import plan_warnings
+
+    rooted = tiny_study("root", grid={"data.root": ["/data/a", "/data/b"]})
+    lines = plan_warnings(expand(parse_study(rooted)))
+    assert [line for line in lines if "data.root is ignored: dataset 'digits' is embedded" in line]
+    assert not [line for line in plan_warnings(expand(parse_study(tiny_study("plain"))))
+                if "data.root" in line]

@@ -94,7 +94,7 @@ def plot_accuracy_vs_feature_dim(table, k: int | None, series_keys: list[str] | 
         for label, members in groups.items():
             _errorbars(ax, members, label)
         if len(groups) > 1:
-            ax.legend(fontsize="x-small", loc="lower right")
+            _legend(ax, fontsize="x-small", loc="lower right")
         ax.set_title(loss, fontsize="medium")
     for ax in axes[:len(losses)]:  # shared axes
         _dim_axis(ax, dims, k if zoom else None)
@@ -125,7 +125,7 @@ def plot_accuracy_vs_feature_dim(table, k: int | None, series_keys: list[str] | 
             # beside the panel, under its legend: inside it would cover data points
             ax.text(1.02, 0.0, f"off scale (> {OFF_SCALE:g}\nbelow the best):\n" +
                     "\n".join(off), transform=ax.transAxes, fontsize="x-small", va="bottom")
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        _legend(ax, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     for ax in axes[panels:]:
         ax.set_visible(False)
     for ax in axes[:panels]:
@@ -202,7 +202,7 @@ def plot_bars(table, key: str, panel_key: str | None = None, grid_keys: list[str
         pad = max(0.005, 0.15 * (max(highs) - min(lows)))
         axes[0].set_ylim(min(lows) - pad, min(1.0, max(highs)) + pad)
     axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
-    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _legend(axes[-1], fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(_title(f"test accuracy by {short} (y axis not from 0)", note))
     fig.tight_layout()
     return fig
@@ -287,7 +287,7 @@ def plot_search_history(trials, loss: str, metric: str = "val/accuracy", mode: s
     ax.set_xlabel("Optuna trial number")
     ax.set_ylabel(f"{metric} (objective, {mode})")
     ax.set_title(_title(f"{loss}: search history", note))
-    ax.legend(fontsize="small")
+    _legend(ax, fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -348,3 +348,10 @@ def plot_features_2d(panels: list[dict[str, Any]], note: str = ""):
                         "(unit)", note))
     fig.tight_layout()
     return fig
+
+
+def _legend(ax, **kwargs) -> None:
+    """A legend where the axes hold labelled artists (matplotlib warns on an empty one: a
+    study whose trials all failed draws none)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
