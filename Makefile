@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/featloss run studies/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
