@@ -549,3 +549,35 @@ def test_prepare_leaves_a_garbage_staged_folder_alone_in_one_line(tmp_path, caps
 
 def test_data_errors_are_config_errors():
     assert issubclass(DataError, ConfigError)
+
+
+@pytest.mark.parametrize("key", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
+def test_staged_files_table_agrees_with_torchvision(key):
+    """`STAGED_FILES` names what torchvision's own class reads, so the diagnosis of a dataset
+    that is not staged can skip importing torchvision."""
+    import torchvision.datasets as tvd
+
+    from featloss.data.staged import STAGED_FILES, TORCHVISION_CLASSES
+
+    cls = getattr(tvd, TORCHVISION_CLASSES[key])
+    folder, files = STAGED_FILES[key]
+    if hasattr(cls, "base_folder"):  # CIFAR
+        expected = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        assert (folder, files) == (cls.base_folder, expected)
+    else:
+        names = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+        assert (folder, files) == (cls.__name__, [f"raw/{n}" for n in names])
+
+
+def test_a_dataset_not_staged_is_one_line_without_importing_torchvision(tmp_path):
+    code = ("import sys\nfrom featloss.data.staged import load_torchvision\n"
+            "from featloss.errors import DataError\n"
+            f"try:\n    load_torchvision('cifar10', {str(tmp_path)!r}, True)\n"
+            "except DataError as exc:\n    print(exc)\n"
+            "print('torchvision' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, cwd=REPO)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("dataset 'cifar10' not found under"), proc.stdout + proc.stderr
+    assert f"expected {tmp_path}/cifar-10-batches-py/" in lines[0]
+    assert lines[-1] == "False"

@@ -40,8 +40,25 @@ def torchvision_class(key: str):
     return getattr(tvd, TORCHVISION_CLASSES[key])
 
 
+# What each class reads under ROOT: its folder (`base_folder`, or the class name for MNIST) and
+# files, as torchvision 0.29 names them (a test checks this against its classes). Known here so
+# that a dataset not staged is diagnosed without importing torchvision (over a second).
+_MNIST_FILES = ["raw/train-images-idx3-ubyte", "raw/train-labels-idx1-ubyte",
+                "raw/t10k-images-idx3-ubyte", "raw/t10k-labels-idx1-ubyte"]
+STAGED_FILES = {
+    "mnist": ("MNIST", _MNIST_FILES),
+    "fashion_mnist": ("FashionMNIST", _MNIST_FILES),
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)]
+                + ["test_batch", "batches.meta"]),
+    "cifar100": ("cifar-100-python", ["train", "test", "meta"]),
+}
+
+
 def load_torchvision(key: str, root: str, train: bool):
     """torchvision's dataset `key` (one split) from `root`. Raises DataError (module doc)."""
+    folder, _ = staged_folder(key, root)
+    if not folder.is_dir():  # not staged: the line needs no torchvision
+        raise diagnose(key, root, None)
     cls = torchvision_class(key)
     try:
         return cls(root, train=train, download=False)
@@ -50,19 +67,15 @@ def load_torchvision(key: str, root: str, train: bool):
 
 
 def staged_folder(key: str, root: str) -> tuple[Path, list[Path]]:
-    """The folder torchvision reads under `root` and the files it needs, from its own class."""
-    cls = torchvision_class(key)
-    if hasattr(cls, "base_folder"):  # CIFAR: ROOT/<base_folder>/<batch files>
-        folder = Path(root) / cls.base_folder
-        names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-        return folder, [folder / name for name in names]
-    folder = Path(root) / cls.__name__  # MNIST, FashionMNIST: ROOT/<ClassName>/raw/<idx files>
-    names = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
-    return folder, [folder / "raw" / name for name in names]
+    """The folder torchvision reads under `root` and the files it needs (`STAGED_FILES`)."""
+    name, files = STAGED_FILES[key]
+    folder = Path(root) / name
+    return folder, [folder / f for f in files]
 
 
-def diagnose(key: str, root: str, exc: BaseException) -> DataError:
-    """The one line for a staged dataset that torchvision failed to load with `exc`."""
+def diagnose(key: str, root: str, exc: BaseException | None) -> DataError:
+    """The one line for a staged dataset that torchvision failed to load with `exc` (None: not
+    loaded, its folder is absent)."""
     folder, files = staged_folder(key, root)
     if not folder.is_dir():
         expected = f"{folder}/raw/*-ubyte" if files[0].parent.name == "raw" else f"{folder}/"
