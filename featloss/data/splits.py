@@ -40,9 +40,24 @@ class DataSplits:
     in_channels: int
     image_size: int
     class_names: list[str]
-    mean: Tensor  # (C,) per-channel mean of the training split, in [0, 1]
-    std: Tensor  # (C,)
     warnings: list[str] = field(default_factory=list)  # the loader's lines (skipped files, ...)
+
+    # Normalisation statistics, computed when training asks for them: the checks that load
+    # splits (validate, the data checks) need counts and labels, not a float copy of the images.
+    @functools.cached_property
+    def mean(self) -> Tensor:
+        """(C,) per-channel mean of the training split's pixels, in [0, 1]."""
+        return self._stats[0]
+
+    @functools.cached_property
+    def std(self) -> Tensor:
+        """(C,) per-channel std (>= 1e-3: constant channels, as in fuzzy_rgb, stay finite)."""
+        return self._stats[1]
+
+    @functools.cached_property
+    def _stats(self) -> tuple[Tensor, Tensor]:
+        images = self.train.images.float().div_(255.0)
+        return images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3)).clamp_min(1e-3)
 
 
 def load_splits(cfg: DataConfig) -> DataSplits:
@@ -79,20 +94,14 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         raise ConfigError(f"data.val_fraction={cfg.val_fraction} leaves an empty validation "
                           f"split for '{cfg.dataset}'; use a larger fraction")
 
-    train = Split(train_x[train_idx].contiguous(), train_y[train_idx].contiguous())
-    images = train.images.float().div_(255.0)
-    mean = images.mean(dim=(0, 2, 3))
-    std = images.std(dim=(0, 2, 3)).clamp_min(1e-3)  # constant channels (fuzzy_rgb) stay finite
     return DataSplits(
-        train=train,
+        train=Split(train_x[train_idx].contiguous(), train_y[train_idx].contiguous()),
         val=Split(train_x[val_idx].contiguous(), train_y[val_idx].contiguous()),
         test=Split(test_x[test_idx].contiguous(), test_y[test_idx].contiguous()),
         num_classes=num_classes,
         in_channels=int(train_x.shape[1]),
         image_size=int(train_x.shape[-1]),
         class_names=raw.class_names[:num_classes],
-        mean=mean,
-        std=std,
         warnings=list(raw.warnings),
     )
 
