@@ -47,6 +47,20 @@ def check_storage(uri: str, given: str | None = None) -> None:
         return ConfigError(f"--storage {shown}: cannot create {folder} ({problem}); pass a "
                            f"writable folder")
 
+    # Two featloss started together on one new folder: each may see the other's folders come
+    # and go between its steps (a FileExistsError or FileNotFoundError); the next try settles it.
+    for attempt in range(3):
+        try:
+            _probe_folder(folder, refuse)
+            return
+        except (FileExistsError, FileNotFoundError) as exc:
+            if attempt == 2:
+                raise refuse(exc.strerror or str(exc)) from None
+
+
+def _probe_folder(folder: Path, refuse) -> None:
+    """One try of `check_storage`. Raises FileExistsError/FileNotFoundError on a race,
+    ConfigError (`refuse`) for anything else."""
     missing = []
     node = folder
     while not node.exists():
@@ -64,6 +78,8 @@ def check_storage(uri: str, given: str | None = None) -> None:
         probe = folder / f".featloss-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+    except (FileExistsError, FileNotFoundError):
+        raise
     except OSError as exc:
         raise refuse(exc.strerror or str(exc)) from None
     finally:

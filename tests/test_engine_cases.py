@@ -178,6 +178,18 @@ def test_two_studies_started_together_on_a_new_sqlite_file_both_complete(tmp_pat
         assert parents[0].info.status == "FINISHED" and len(trials) == 1
 
 
+
+def test_the_storage_check_of_one_new_folder_by_processes_started_together(tmp_path):
+    """Case M's sibling: each process's probe creates and removes the missing folders, so
+    processes started together see them come and go; none may refuse a writable folder."""
+    code = ("from featloss.preflight import check_storage\n"
+            f"check_storage({str(tmp_path / 'a' / 'b' / 'results')!r})\nprint('ok')")
+    for _ in range(3):
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        outputs = [p.communicate(timeout=120) for p in procs]
+        assert all(out.strip() == "ok" for out, _ in outputs), outputs
+
 # -- cases J2 and K2: resume after an interruption -------------------------------------------------
 
 def interrupted(tmp_path: Path, raw: dict, epochs_logged: int = 2) -> tuple[Path, Path, str]:
