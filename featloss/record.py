@@ -243,11 +243,9 @@ def _first_error(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200]
 
 
-def find_results_dir(storage_uri: str, study_name: str) -> str:
-    """The newest unfinished results folder of `study_name` under `storage_uri`.
-
-    Raises ConfigError when there is none.
-    """
+def study_records(storage_uri: str, study_name: str) -> Iterable[tuple[str, StudyRecord]]:
+    """(results folder, record) of every readable record of `study_name` under `storage_uri`,
+    newest first."""
     from featloss.names import safe_name
 
     prefix = f"{safe_name(study_name, max_len=80)}-"
@@ -258,7 +256,33 @@ def find_results_dir(storage_uri: str, study_name: str) -> str:
             record = StudyRecord.load(folder)
         except ConfigError:
             continue
-        if record.study == study_name and record.status != "finished":
+        if record.study == study_name:
+            yield folder, record
+
+
+def find_results_dir(storage_uri: str, study_name: str) -> str:
+    """The newest unfinished results folder of `study_name` under `storage_uri`.
+
+    Raises ConfigError when there is none.
+    """
+    for folder, record in study_records(storage_uri, study_name):
+        if record.status != "finished":
             return folder
     raise ConfigError(f"no unfinished results of study '{study_name}' under {storage_uri}; pass "
                       f"the results folder (featloss resume RESULTS_DIR) or --storage")
+
+
+def job_mode(storage_uri: str, study_name: str, restarts: int) -> str:
+    """What a (re)started Slurm job of `study_name` does: "resume" an unfinished record,
+    "finished" when a restarted job finds the study done, else "run"."""
+    statuses = {record.status == "finished" for _, record in study_records(storage_uri,
+                                                                            study_name)}
+    if False in statuses:
+        return "resume"
+    return "finished" if restarts > 0 and True in statuses else "run"
+
+
+if __name__ == "__main__":  # the Slurm job script: python -m featloss.record STORAGE NAME RESTARTS
+    import sys
+
+    print(job_mode(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -527,38 +527,16 @@ for node in "${NODES[@]:1}"; do
     RAY_PIDS+=($!)
 done
 if [[ ${#NODES[@]} -gt 1 ]]; then   # the driver sizes its concurrency from the joined nodes
-    "$PYTHON" - "$RAY_ADDRESS_HEAD" "${#NODES[@]}" <<'PY' || { log "Ray workers missing"; exit 1; }
-import sys, time
-import ray
-ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
-deadline = time.monotonic() + 300
-while sum(node["Alive"] for node in ray.nodes()) < int(sys.argv[2]):
-    if time.monotonic() > deadline:
-        sys.exit(f"featloss-slurm: not every Ray node joined within 300 s: {ray.nodes()}")
-    time.sleep(2)
-PY
+    "$PYTHON" -m featloss.engine.ray_setup "$RAY_ADDRESS_HEAD" "${#NODES[@]}" 300 \
+        || { log "Ray workers missing"; exit 1; }
 fi
 
 # ---- run the study, or resume what an earlier job left unfinished -------------------------------
 # A results folder of this study whose featloss_state.json is not "finished" means an earlier
 # job stopped mid-study (requeue, preemption, timeout, scancel, node failure): then
 # `featloss resume STUDY --storage S` continues it, each unfinished trial from its checkpoint.
-MODE=$("$PYTHON" - "$STORAGE" "$STUDY_NAME" "${SLURM_RESTART_COUNT:-0}" <<'PY'
-import glob, json, os, sys
-storage, name, restarts = sys.argv[1], sys.argv[2], int(sys.argv[3])
-unfinished = finished = False
-for path in glob.glob(os.path.join(glob.escape(storage), "*", "featloss_state.json")):
-    try:
-        with open(path) as fh:
-            state = json.load(fh)
-    except (OSError, ValueError):
-        continue
-    if state.get("study") == name:
-        finished |= state.get("status") == "finished"
-        unfinished |= state.get("status") != "finished"
-print("resume" if unfinished else "finished" if restarts > 0 and finished else "run")
-PY
-) || { log "cannot read $STORAGE"; exit 1; }
+MODE=$("$PYTHON" -m featloss.record "$STORAGE" "$STUDY_NAME" "${SLURM_RESTART_COUNT:-0}") \
+    || { log "cannot read $STORAGE"; exit 1; }
 if [[ $MODE == finished ]]; then
     log "job restarted after its study finished; nothing to do"
     exit 0

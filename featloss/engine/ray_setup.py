@@ -234,3 +234,30 @@ def fits_some_node(resources: dict[str, float]) -> bool:
         if have.get("CPU", 0) >= resources["cpu"] and have.get("GPU", 0) >= resources["gpu"]:
             return True
     return False
+
+
+def wait_for_node_count(address: str, count: int, seconds: float, poll: float = 2.0) -> None:
+    """Join the cluster at `address` and return once `count` nodes are alive; ConfigError
+    after `seconds`. The Slurm job script runs it (``python -m featloss.engine.ray_setup``)
+    between starting the workers and the driver, which sizes its concurrency from the nodes."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        deadline = time.monotonic() + seconds
+        while (alive := sum(bool(n.get("Alive")) for n in ray.nodes())) < count:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"{alive} of {count} Ray nodes joined {address} within "
+                                  f"{seconds:g} s")
+            time.sleep(poll)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":  # python -m featloss.engine.ray_setup ADDRESS NODES SECONDS
+    import sys
+
+    try:
+        wait_for_node_count(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    except ConfigError as exc:
+        sys.exit(f"featloss-slurm: {exc}")
