@@ -7,6 +7,9 @@ every distinct trial configuration once (`featloss.data.check_data`).
 from __future__ import annotations
 
 import os
+import random
+import stat
+import time
 from pathlib import Path
 
 from featloss.errors import ConfigError
@@ -47,38 +50,57 @@ def check_storage(uri: str, given: str | None = None) -> None:
         return ConfigError(f"--storage {shown}: cannot create {folder} ({problem}); pass a "
                            f"writable folder")
 
-    # Two featloss started together on one new folder: each may see the other's folders come
-    # and go between its steps (a FileExistsError or FileNotFoundError); the next try settles it.
-    for attempt in range(3):
+    # Featloss processes started together on one new folder each create and remove the
+    # missing folders, so each may see the others' folders vanish between its steps
+    # (FileNotFoundError). Another try after a short random pause settles it; the pause
+    # breaks the lockstep of processes started at the same instant.
+    for attempt in range(_PROBE_TRIES):
         try:
             _probe_folder(folder, refuse)
             return
-        except (FileExistsError, FileNotFoundError) as exc:
-            if attempt == 2:
+        except FileNotFoundError as exc:
+            if attempt == _PROBE_TRIES - 1:
                 raise refuse(exc.strerror or str(exc)) from None
+            time.sleep(random.uniform(0.005, 0.05))
+
+
+_PROBE_TRIES = 40
 
 
 def _probe_folder(folder: Path, refuse) -> None:
-    """One try of `check_storage`. Raises FileExistsError/FileNotFoundError on a race,
-    ConfigError (`refuse`) for anything else."""
+    """One try of `check_storage`. Raises FileNotFoundError on a race, ConfigError
+    (`refuse`) for anything else. Removes only the folders this try created, and only while
+    they are empty (another process may be using them)."""
     missing = []
     node = folder
-    while not node.exists():
-        if node.is_symlink():
-            raise refuse(f"{node} is a broken symbolic link")
-        missing.append(node)
-        node = node.parent
-    if not node.is_dir():
+    while True:  # one stat per node: what it says holds, whatever others do after
+        try:
+            mode = node.stat().st_mode
+            break
+        except FileNotFoundError:
+            if node.is_symlink():
+                raise refuse(f"{node} is a broken symbolic link") from None
+            missing.append(node)
+            node = node.parent
+        except OSError as exc:
+            raise refuse(exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(mode):
         raise refuse(f"{node} is a file, not a folder")
     created = []
     try:
         for path in reversed(missing):
-            path.mkdir()
-            created.append(path)
-        probe = folder / f".featloss-probe-{os.getpid()}"
+            try:
+                path.mkdir()
+                created.append(path)
+            except FileExistsError:
+                if not path.is_dir():  # a file, or another process's folder already gone
+                    if path.exists() or path.is_symlink():
+                        raise refuse(f"{path} is a file, not a folder") from None
+                    raise FileNotFoundError(2, "removed while checked", str(path)) from None
+        probe = folder / f".featloss-probe-{os.getpid()}-{random.getrandbits(32):08x}"
         probe.write_bytes(b"")
         probe.unlink()
-    except (FileExistsError, FileNotFoundError):
+    except FileNotFoundError:
         raise
     except OSError as exc:
         raise refuse(exc.strerror or str(exc)) from None
@@ -86,7 +108,7 @@ def _probe_folder(folder: Path, refuse) -> None:
         for path in reversed(created):
             try:
                 path.rmdir()
-            except OSError:
+            except OSError:  # not empty: another process is using it
                 pass
 
 

@@ -184,9 +184,9 @@ def test_the_storage_check_of_one_new_folder_by_processes_started_together(tmp_p
     processes started together see them come and go; none may refuse a writable folder."""
     code = ("from featloss.preflight import check_storage\n"
             f"check_storage({str(tmp_path / 'a' / 'b' / 'results')!r})\nprint('ok')")
-    for _ in range(3):
+    for _ in range(5):
         procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(6)]
+                                  stderr=subprocess.PIPE, text=True) for _ in range(8)]
         outputs = [p.communicate(timeout=120) for p in procs]
         assert all(out.strip() == "ok" for out, _ in outputs), outputs
 
