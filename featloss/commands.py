@@ -8,6 +8,7 @@ expanded), the tracking store (opened, created under a file lock), the storage f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -159,7 +160,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\n".join(plan.summary_lines()), flush=True)
     for line in plan_warnings(plan):
         print(f"featloss: warning: {line}", file=sys.stderr, flush=True)
-    return _execute(plan, record, address, args)
+    try:
+        return _execute(plan, record, address, args)
+    except ConfigError:  # refused on joining the cluster (e.g. resources no node offers)
+        if not record.started():
+            with contextlib.suppress(OSError):  # the error line matters more than the tidy-up
+                record.discard()
+        raise
 
 
 def _check_options(args: argparse.Namespace, address: str | None) -> None:

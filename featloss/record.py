@@ -145,6 +145,15 @@ class StudyRecord(BaseModel):
         self._dirty = False
         self._flushed = now
 
+    def started(self) -> bool:
+        """Whether anything of this study ever ran: a parent run in MLflow or a trial."""
+        return self.parent_run_id is not None or bool(self.trials)
+
+    def discard(self) -> None:
+        """Remove the record of an invocation refused before it started, and its results
+        folder when nothing else is in it: a refused start leaves nothing behind."""
+        storage.discard(self.results_dir, (STATE_FILE,))
+
     def touch(self) -> None:
         self._dirty = True
 

@@ -68,6 +68,22 @@ def write_bytes(uri: str, data: bytes) -> None:
         out.write(data)
 
 
+def discard(folder: str, names: tuple[str, ...]) -> None:
+    """Remove the files `names` from `folder`, then the folder when nothing else is in it
+    (object stores have no folders). Missing files are skipped; OSError propagates."""
+    fs, path = _fs(folder)
+    for name in names:
+        try:
+            fs.delete_file(f"{path}/{name}")
+        except FileNotFoundError:
+            pass
+    if not is_remote(folder):
+        try:
+            Path(path).rmdir()
+        except OSError:  # not empty: something else is there, keep it
+            pass
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = _fs(uri)
     with fs.open_input_stream(path) as stream:

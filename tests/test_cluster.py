@@ -155,7 +155,7 @@ def test_separate_ray_processes_run_one_study(tmp_path):
 
 def test_a_run_waits_for_a_node_its_trials_fit_on(tmp_path):
     """Trials needing 2 CPUs on a 1-CPU cluster: one error line at once without
-    --wait-for-nodes; with it, the run waits and starts when a 2-CPU node joins."""
+    --wait-for-nodes, leaving no results folder; with it, the run waits and starts when a 2-CPU node joins."""
     address = f"127.0.0.1:{free_port()}"
     nodes = [ray_node(address, 1, head=True)]
     try:
@@ -167,6 +167,8 @@ def test_a_run_waits_for_a_node_its_trials_fit_on(tmp_path):
                               text=True, env=env(), cwd=tmp_path, timeout=300)
         assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "fit no node" in proc.stderr and "--wait-for-nodes" in proc.stderr
+        results = tmp_path / "results"  # the refused start left no results folder behind
+        assert not results.exists() or not any(results.iterdir()), list(results.iterdir())
         log = tmp_path / "wait.log"
         with log.open("w") as out:
             waiting = subprocess.Popen(featloss_cmd(study, address, tmp_path,
@@ -181,6 +183,7 @@ def test_a_run_waits_for_a_node_its_trials_fit_on(tmp_path):
             stop(waiting)
         runs = trial_runs(tmp_path, "wait-nodes")
         assert len(runs) == 1 and runs[0].data.tags["status"] == "completed"
+        assert len(list(results.iterdir())) == 1  # the run that waited, only
     finally:
         for p in reversed(nodes):
             stop(p)
