@@ -24,7 +24,7 @@ from featloss.preflight import (
     storage_uri,
     tracking_uri,
 )
-from featloss.study import RUNTIME_KEYS as RESUME_KEYS  # what resume --set may change
+from featloss.study import RUNTIME_KEYS  # what a resume (and resume --set) may change
 
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -51,7 +51,7 @@ def add_parsers(sub) -> None:
                         help="the study file changed since the study started: go on with the "
                              "recorded plan anyway")
     resume.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"change how the recorded study runs: only {', '.join(RESUME_KEYS)}"
+                        help=f"change how the recorded study runs: only {', '.join(RUNTIME_KEYS)}"
                              f" (e.g. --set resources.cpu=2 --set max_concurrent=4); recorded, "
                              f"so a later resume keeps it. Anything else would change the "
                              f"plan: that is a new study (featloss run STUDY --set KEY=VALUE)")
@@ -280,7 +280,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from featloss.config import parse_overrides, set_path
     from featloss.plan import expand
     from featloss.record import StudyRecord, find_results_dir
-    from featloss.study import DOTTED_KEY_PARENTS, RUNTIME_KEYS, load_study, parse_study
+    from featloss.study import DOTTED_KEY_PARENTS, load_study, parse_study
     from featloss.tracking import check_store
     from featloss.yamlio import load_yaml
 
@@ -332,12 +332,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _check_resume_overrides(items: list[str]) -> None:
-    """resume --set may change only how the recorded study runs (RESUME_KEYS); ConfigError."""
+    """resume --set may change only how the recorded study runs (RUNTIME_KEYS); ConfigError."""
     for item in items:
         key = item.partition("=")[0].strip()
-        if key.split(".")[0] not in RESUME_KEYS:
+        if key.split(".")[0] not in RUNTIME_KEYS:
             raise ConfigError(f"--set {item}: a resume continues the recorded plan, so --set may "
-                              f"change only {', '.join(RESUME_KEYS)}; a different plan is a new "
+                              f"change only {', '.join(RUNTIME_KEYS)}; a different plan is a new "
                               f"study: featloss run STUDY.yaml --set {item}")
 
 

@@ -41,7 +41,7 @@ from featloss.spaces import (
     resolve_around,
     spaces_directory,
 )
-from featloss.study import Study, deep_merge
+from featloss.study import Study, comparable_value, deep_merge
 
 SMOKE_TRAIN_SAMPLES, SMOKE_EVAL_SAMPLES = 512, 256
 SECTIONS = ("data", "model", "train")
@@ -200,7 +200,7 @@ class StudyPlan:
         for t in self.grid_trials:
             for k, v in t.params.items():
                 values.setdefault(k, [])
-                mark = (k, type(v).__name__, repr(v))
+                mark = (k, comparable_value(v))  # the study's own notion of equal values
                 if mark not in seen:
                     seen.add(mark)
                     values[k].append(v)
@@ -467,7 +467,6 @@ def _with_seed(config: Config, seed: int) -> Config:
 def _check_metric_names(study: Study, loss: str, cell: dict[str, Any]) -> None:
     """The parent run's result metrics name the cell (``result/<loss>/<key>_<value>/...``):
     a cell whose values make that longer than MLflow's metric-key limit is refused."""
-    from featloss.names import value_label
     from featloss.study import MAX_METRIC_NAME_CHARS
     from featloss.tracking.runs import metric_name
 

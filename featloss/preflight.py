@@ -41,7 +41,9 @@ def check_storage(uri: str, given: str | None = None) -> None:
     """A local results folder must be creatable and writable: checked by creating what is
     missing of it and a probe file there, then removing exactly those (nothing is left).
     Object stores (s3://) are checked when the record is written. Raises ConfigError."""
-    if "://" in uri and not uri.startswith("file://"):
+    from featloss.storage import is_remote
+
+    if is_remote(uri):
         return
     folder = Path(uri.removeprefix("file://")).expanduser()
     shown = given or uri

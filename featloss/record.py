@@ -19,10 +19,9 @@ training), into the same MLflow run (`featloss.engine.children`).
 from __future__ import annotations
 
 import math
-import os
-import stat
 import time
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -202,23 +201,12 @@ def _read_state(uri: str, results_dir: str) -> bytes:
     directory, a FIFO or a link to /dev/zero must be one error line, not a traceback, a hang or
     all the memory). Raises ConfigError."""
     fix = "it must be the file featloss wrote; restore it, or resume another results folder"
-    if storage.is_remote(uri):
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(uri)
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise ConfigError(f"{results_dir} is not a featloss results folder (no {STATE_FILE})")
-        kind, size = ("a file" if info.type == pafs.FileType.File else "not a file"), info.size
-    else:
-        try:
-            mode = os.stat(uri)  # follows links: what a read would get
-        except (FileNotFoundError, NotADirectoryError):
-            raise ConfigError(f"{results_dir} is not a featloss results folder (no "
-                              f"{STATE_FILE})") from None
-        except OSError as exc:
-            raise ConfigError(f"{uri} cannot be read ({exc.strerror or exc})") from None
-        kind, size = _file_kind(mode.st_mode), mode.st_size
+    try:
+        kind, size = storage.file_kind(uri)
+    except OSError as exc:
+        raise ConfigError(f"{uri} cannot be read ({exc.strerror or exc})") from None
+    if kind is None:
+        raise ConfigError(f"{results_dir} is not a featloss results folder (no {STATE_FILE})")
     if kind != "a file":
         raise ConfigError(f"{uri} is {kind}, not a regular file; {fix}")
     if size is not None and size > MAX_STATE_BYTES:
@@ -235,13 +223,6 @@ def _read_state(uri: str, results_dir: str) -> bytes:
         raise ConfigError(f"{uri} is over the {MAX_STATE_BYTES // 1024**2} MiB a featloss record "
                           f"can be; {fix}")
     return data
-
-
-def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"))
-    return next((name for check, name in kinds if check(mode)), "not a file")
 
 
 def _first_error(exc: Exception) -> str:

@@ -16,10 +16,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import time
 from pathlib import Path
-
-import torch
 
 from featloss.names import safe_name
 
@@ -84,6 +83,28 @@ def discard(folder: str, names: tuple[str, ...]) -> None:
             pass
 
 
+def file_kind(uri: str) -> tuple[str | None, int | None]:
+    """(what `uri` is, its size in bytes): "a file", "a directory", "a FIFO", ... or (None,
+    None) when nothing is there. Local paths follow links (what a read would get)."""
+    if is_remote(uri):
+        import pyarrow.fs as pafs
+
+        fs, path = _fs(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None, None
+        return ("a file" if info.type == pafs.FileType.File else "not a file"), info.size
+    try:
+        mode = os.stat(uri)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    kinds = ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for check, name in kinds if check(mode.st_mode)), "not a file"), \
+        mode.st_size
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = _fs(uri)
     with fs.open_input_stream(path) as stream:
@@ -99,6 +120,8 @@ def read_json(uri: str) -> dict:
 
 
 def save_trial_state(uri: str, state: dict) -> None:
+    import torch  # here, not at the top: what reads only records starts without torch (~1.2 s)
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(uri, buffer.getvalue())
@@ -114,6 +137,8 @@ def read_trial_state(uri: str) -> tuple[dict | None, str | None]:
 
     Loaded with ``weights_only=True``: a file carrying pickled code is refused, never run.
     """
+    import torch
+
     try:
         data = read_bytes(uri)
     except (FileNotFoundError, OSError):

@@ -256,7 +256,7 @@ class Study(Section):
             items = values if isinstance(values, list) else values.around_k_minus_1
             seen: set = set()
             for value in items:
-                norm = _comparable(value)
+                norm = comparable_value(value)
                 if norm in seen:
                     what = "factor" if isinstance(values, Around) else "value"
                     shown = f"{value:g}" if isinstance(value, float) else quote(value, 60)
@@ -266,7 +266,7 @@ class Study(Section):
         return self
 
 
-def _comparable(value: Any) -> Any:
+def comparable_value(value: Any) -> Any:
     """A hashable form of a YAML value under which equal values (8 and 8.0) compare equal, as
     JSON Schema's uniqueItems compares them (true and 1 stay different)."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -274,9 +274,9 @@ def _comparable(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return ("number", value)
     if isinstance(value, list):
-        return ("list", tuple(_comparable(v) for v in value))
+        return ("list", tuple(comparable_value(v) for v in value))
     if isinstance(value, dict):
-        return ("dict", tuple(sorted((str(k), _comparable(v)) for k, v in value.items())))
+        return ("dict", tuple(sorted((str(k), comparable_value(v)) for k, v in value.items())))
     return ("other", repr(value))
 
 
