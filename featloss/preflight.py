@@ -133,10 +133,12 @@ def check_plan_data(plan, strict: bool) -> str | None:
     """Load and check the data of every distinct trial config (`featloss.data.check_data`).
 
     strict (a local run): a problem raises DataError/ConfigError before anything starts.
-    Otherwise (validate, where the data may live on the cluster only) the first problem is
-    returned as a note line. Values a search varies are checked in the trials.
+    Otherwise (validate, where a staged dataset may live on the cluster only) the first problem
+    of a staged dataset is returned as a note line; an embedded dataset is the same data
+    wherever the trials run, so its problems raise there too. Values a search varies are
+    checked in the trials.
     """
-    from featloss.data import check_data
+    from featloss.data import check_data, dataset_info
     from featloss.losses import loss_info
 
     seen = set()
@@ -150,9 +152,10 @@ def check_plan_data(plan, strict: bool) -> str | None:
         try:
             check_data(config)
         except ConfigError as exc:
-            if strict:
+            if strict or dataset_info(config.data.dataset).embedded:
                 raise
-            return f"note: data not usable here, so not checked: {exc}"
+            return (f"note: dataset '{config.data.dataset}' as found on this machine cannot "
+                    f"serve the trials (the cluster's copy is not checked): {exc}")
     return None
 
 

@@ -195,6 +195,32 @@ def test_cli_case_f_is_one_line():
                           "has 30 training images, fewer than its 40 slots")
 
 
+def test_validate_of_case_f_as_a_study_is_the_run_s_one_line(tmp_path):
+    """mnist5k is embedded: the data validate checks is the data every trial gets, so a plan
+    it cannot serve is refused by validate as by run (it was a note, exit 0)."""
+    study = tmp_path / "f.yaml"
+    study.write_text("name: f-study\n"
+                     "data: {dataset: mnist5k, sampler: balanced, max_train_samples: 40, "
+                     "max_eval_samples: 64}\n"
+                     "train: {epochs: 1, batch_size: 80}\nlosses: [sigma2r]\n")
+    for command in ("validate", "run"):
+        assert_one_error_line(featloss(command, str(study), "--storage", str(tmp_path / "r"),
+                                       "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+                              if command == "run" else featloss(command, str(study)),
+                              "featloss: error: " + CASE_F_LINE.split(" (balanced")[0])
+
+
+def test_validate_notes_a_staged_dataset_absent_here(tmp_path):
+    """A staged dataset may live on the cluster only: validate says so in a note, exit 0."""
+    study = tmp_path / "c.yaml"
+    study.write_text(f"name: c-study\ndata: {{dataset: cifar10, root: {tmp_path / 'none'}}}\n"
+                     f"losses: [softmax]\n")
+    proc = featloss("validate", str(study))
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("note: dataset")]
+    assert len(notes) == 1 and "cifar10" in notes[0] and "not checked" in notes[0], proc.stdout
+
+
 # -- image folders (case H) ----------------------------------------------------------------------
 
 def load_folder(root: Path, **options):
