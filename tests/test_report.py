@@ -491,6 +491,19 @@ def test_search_study_report_is_partial(tracking_uri, tmp_path):
     assert "partial" not in (tmp_path / "out2" / "report.md").read_text()
 
 
+def test_a_loss_whose_search_trials_all_failed_has_no_history_plot(tracking_uri, tmp_path):
+    """Every search trial of softmax failed: its Optuna table has no COMPLETE row (the report
+    ended in KeyError: 'number'); the report leaves out that loss's history plot only."""
+    study = build_search_study(tracking_uri, tmp_path / "results")
+    failed = pd.DataFrame({"number": [0, 1], "value": [math.nan, math.nan],
+                           "params_train__lr": [0.1, 0.5], "state": ["FAIL", "FAIL"]})
+    study.parent.log_text(failed.to_csv(index=False), "optuna/softmax_trials.csv")
+    report = rp.build_report(tracking_uri, "cmp", str(tmp_path / "out"))
+    assert "search_history_pod.png" in report.files
+    assert "search_history_softmax.png" not in report.files
+    assert plots.completed_search_trials(failed).empty
+
+
 def test_report_reads_the_logged_record_when_the_results_folder_is_gone(tracking_uri,
                                                                         tmp_path):
     import shutil

@@ -263,7 +263,8 @@ def _search_plots(client, parent, spec, note, scratch, save) -> None:
         local = fetch_artifact(client, parent["run_id"], f"optuna/{loss}_trials.csv", scratch)
         if local:
             frame = pd.read_csv(io.StringIO(local.read_text()))
-            if {"number", "value"} <= set(frame.columns):
+            if ({"number", "value"} <= set(frame.columns)
+                    and len(plots.completed_search_trials(frame))):  # not when all failed
                 save(plots.plot_search_history(frame, loss, spec.search.metric, spec.search.mode,
                                                note), f"search_history_{loss}.png")
         # logged only for a loss with >= 10 finished search trials (fewer say nothing)

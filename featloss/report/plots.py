@@ -265,15 +265,25 @@ def plot_heatmap(table, loss: str, row_key: str, col_key: str, note: str = ""):
     return fig
 
 
+def completed_search_trials(trials):
+    """The rows of an Optuna trials table (``number``, ``value``, ``state``) whose trial
+    completed with a finite value, by trial number (none when every trial failed)."""
+    import numpy as np
+    import pandas as pd
+
+    frame = trials
+    if "state" in frame:
+        frame = frame.loc[frame["state"] == "COMPLETE"]
+    values = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=float)
+    return frame.loc[np.isfinite(values)].sort_values("number")
+
+
 def plot_search_history(trials, loss: str, metric: str = "val/accuracy", mode: str = "max",
                         note: str = ""):
     """Optuna trial number vs objective (completed trials) and the best-so-far line."""
     from matplotlib.ticker import MaxNLocator
 
-    frame = trials
-    if "state" in frame:
-        frame = frame[frame["state"] == "COMPLETE"]
-    frame = frame[frame["value"].astype(float).map(math.isfinite)].sort_values("number")
+    frame = completed_search_trials(trials)
     trial_numbers = [int(n) for n in frame["number"]]
     values = [float(v) for v in frame["value"]]
     best, current = [], None
