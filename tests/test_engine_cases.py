@@ -70,6 +70,33 @@ def test_tpe_and_random_budgets_are_exactly_trials_per_loss(ray_session, trackin
         assert numbers == [0, 1, 2]
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_search_draws_new_points_not_the_ones_before_the_interruption(sampler,
+                                                                               tmp_path):
+    """Optuna keeps no sampler state in its journal: a resume that seeded the sampler as the
+    first invocation did drew the same points again (K2's third trial repeated its second)."""
+    from featloss.engine.feeds import OptunaFeed
+    from featloss.plan import expand
+    from featloss.study import parse_study
+
+    raw = tiny_study("resumed-search", losses=["pod"],
+                     search={"trials_per_loss": 7, "sampler": sampler})
+    plan = expand(parse_study(raw, source="s.yaml"))
+    record = StudyRecord.new(plan, "sqlite:///unused.db", str(tmp_path), "s.yaml")
+    journal = str(tmp_path / "optuna.journal")
+
+    def serve(feed: OptunaFeed, count: int) -> None:
+        for _ in range(count):
+            trial = record.trials[feed.next().key]
+            trial.status, trial.metrics = "completed", {"val/accuracy": 0.5}
+            feed.finished(trial)
+
+    serve(OptunaFeed(plan, record, journal, seed=0), 3)  # then the study is interrupted
+    serve(OptunaFeed(plan, record, journal, seed=0), 4)  # the resume, on the same journal
+    points = [tuple(sorted(t.params.items())) for t in record.phase("search")]
+    assert len(points) == 7 and len(set(points)) == 7, points
+
+
 def test_validate_prints_the_grid_points(tmp_path):
     raw = tiny_study("points", losses=["lsoftmax"], search={
         "sampler": "grid", "trials_per_loss": 2,

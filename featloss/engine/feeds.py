@@ -85,6 +85,9 @@ class OptunaFeed:
             for s in plan.searches if s.space}
         if fresh:
             self._rebuild_from_record()
+        for loss, study in self.studies.items():  # a resume: the sampler draws on, not again
+            if study.trials:
+                study.sampler = _sampler(self.plans[loss], len(study.trials))
         self.retry = sorted((t for t in record.phase("search") if not t.done),
                             key=lambda t: t.key)
         for trial in record.phase("search"):  # the driver died between recording and telling
@@ -210,12 +213,16 @@ def distributions(space: dict[str, Distribution]) -> dict[str, Any]:
     return out
 
 
-def _sampler(search: SearchPlan):
+def _sampler(search: SearchPlan, asked: int = 0):
+    """The loss's sampler, seeded by its `sampler_seed` and the number of trials its study
+    already holds: Optuna keeps no sampler state in the journal, so a resumed study given the
+    first seed again would draw the points it drew before the interruption once more."""
     import optuna
 
+    seed = search.sampler_seed if asked == 0 else (search.sampler_seed * 1_000_003 + asked) % 2**32
     if search.sampler in ("random", "grid"):  # grid: every point is enqueued, nothing drawn
-        return optuna.samplers.RandomSampler(seed=search.sampler_seed)
-    return optuna.samplers.TPESampler(seed=search.sampler_seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def journal_path(results_dir: str) -> str:
